@@ -79,6 +79,12 @@ impl<S: SharedFields, M: MsrWriter> DeadlineSetter<S, M> {
         shared
     }
 
+    /// Forgets the registration without writing any MSR, as after INIT or
+    /// RESET (which the host also saw). Counters are kept.
+    pub fn reset(&mut self) -> Option<S> {
+        self.shared.take()
+    }
+
     /// Sets the next timer deadline to guest TSC `deadline` (0 cancels),
     /// writing `IA32_TSC_DEADLINE` only when the protocol requires it.
     #[inline]

@@ -1,0 +1,316 @@
+//! Replaying operation sequences on a simulated vCPU and the reference model.
+
+use std::rc::Rc;
+
+use lazy_tscdeadline_guest::{must_trap, GuestStats, WriteOutcome};
+use lazy_tscdeadline_host::{Counters, LvtTimer};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::{EagerModel, Interrupt, SimVcpu, TIMER_VECTOR};
+
+/// Upper bound on the host timer expiries one time step may deliver. The
+/// host must settle every deadline in a bounded number of kicks; reaching
+/// this bound is reported as [`ScenarioError::Unbounded`].
+pub const MAX_KICKS_PER_ADVANCE: u64 = 8;
+
+/// Where the simulated guest RAM is: two regions with a hole between them.
+const RAM: [(u64, usize); 2] = [(0, 0x8000), (0xc000, 0x4000)];
+/// The struct's guest-physical address.
+const STRUCT_GPA: u64 = 0x1000;
+
+/// Which guest runs the scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestKind {
+    /// The feature is advertised; `Register` ops register the struct.
+    Lazy,
+    /// The feature is not advertised; the guest writes the MSR every time
+    /// and `Register`-type ops are skipped (as a guest that checked CPUID).
+    Eager,
+}
+
+/// One step of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Put the LVT timer in live TSC-deadline mode.
+    LvtDeadline,
+    /// Set the LVT timer to a raw value (masked, other modes, ...).
+    Lvt(u32),
+    /// The guest registers its struct.
+    Register,
+    /// The guest unregisters.
+    Unregister,
+    /// INIT/RESET of the vCPU.
+    Reset,
+    /// Deadline `now + d` (0: due right now).
+    WriteIn(u64),
+    /// Deadline `last + d`: push the last written deadline later.
+    WriteLater(u64),
+    /// Deadline `last - d` (at least 1): move it earlier.
+    WriteEarlier(u64),
+    /// The last written deadline again.
+    WriteSame,
+    /// Deadline `now - d` (at least 1): already passed.
+    WritePast(u64),
+    /// Deadline 0: cancel.
+    WriteZero,
+    /// Time passes by `d`; host expiries are delivered on time.
+    Advance(u64),
+    /// Time passes by `d` and the host does not notice yet.
+    AdvanceLate(u64),
+    /// The host delivers every expiry that is due now.
+    Expire,
+    /// A host timer wake-up when nothing is due (stray or early).
+    StrayExpiry,
+    /// Snapshot the host timer and restore it into a fresh instance.
+    Snapshot,
+    /// Hostile: write `value` into the struct at byte offset `offset`.
+    Scribble {
+        /// Byte offset, taken modulo 64 and rounded down to 8.
+        offset: u8,
+        /// Value.
+        value: u64,
+    },
+    /// Hostile: WRMSR of any MSR and value straight to the host.
+    RawWrmsr {
+        /// MSR index.
+        index: u32,
+        /// Value.
+        value: u64,
+    },
+}
+
+/// Everything a scenario run produced.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Interrupts the host injected, with virtual times.
+    pub interrupts: Vec<Interrupt>,
+    /// Interrupts the eager reference model fired for the same guest writes.
+    pub reference: Vec<Interrupt>,
+    /// The deadline each reference interrupt was for.
+    pub reference_deadlines: Vec<u64>,
+    /// `IA32_TSC_DEADLINE` writes the host received.
+    pub host_trapped_writes: u64,
+    /// Writes the protocol requires to trap (`armed == 0 || t < armed` with
+    /// `armed` as in guest memory at the write; every write when eager).
+    pub necessary_traps: u64,
+    /// Guest setter counters.
+    pub guest: GuestStats,
+    /// Host counters.
+    pub counters: Counters,
+    /// Host timer kicks delivered.
+    pub kicks: u64,
+    /// Registration (or other MSR) writes answered with #GP.
+    pub faults: u64,
+}
+
+/// A property the scenario found broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScenarioError {
+    /// The setter trapped when the protocol did not require it, or not when
+    /// it did.
+    WrongTrap {
+        /// Op index.
+        step: usize,
+        /// Deadline written.
+        deadline: u64,
+        /// `armed` in memory before the write.
+        armed: u64,
+    },
+    /// One time step needed more than [`MAX_KICKS_PER_ADVANCE`] kicks.
+    Unbounded {
+        /// Op index.
+        step: usize,
+    },
+    /// Host state inconsistent after a step.
+    Inconsistent {
+        /// Op index.
+        step: usize,
+        /// What.
+        what: String,
+    },
+    /// An honest operation was refused.
+    Refused {
+        /// Op index.
+        step: usize,
+        /// The error.
+        what: String,
+    },
+}
+
+/// Runs scenarios.
+#[derive(Debug)]
+pub struct Scenario {
+    vcpu: SimVcpu,
+    reference: EagerModel,
+    kind: GuestKind,
+    honest: bool,
+    last: u64,
+    necessary_traps: u64,
+}
+
+impl Scenario {
+    /// Fresh guest memory for a scenario.
+    pub fn memory() -> Rc<GuestMemoryMmap> {
+        let ranges: Vec<_> = RAM.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+        Rc::new(GuestMemoryMmap::from_ranges(&ranges).expect("simulator RAM"))
+    }
+
+    fn new(kind: GuestKind, honest: bool) -> Self {
+        Scenario {
+            vcpu: SimVcpu::new(Self::memory(), STRUCT_GPA, kind == GuestKind::Lazy),
+            reference: EagerModel::new(kind == GuestKind::Lazy),
+            kind,
+            honest,
+            last: 0,
+            necessary_traps: 0,
+        }
+    }
+
+    /// Replays `ops` with an honest guest, checking after every step that
+    /// the trap decision follows the protocol, that work stays bounded and
+    /// that host and guest memory agree.
+    pub fn run(kind: GuestKind, ops: &[Op]) -> Result<Outcome, ScenarioError> {
+        let mut s = Scenario::new(kind, true);
+        for (step, op) in ops.iter().enumerate() {
+            s.step(step, *op)?;
+        }
+        Ok(s.outcome())
+    }
+
+    /// Replays `ops` with a guest that may also scribble on its struct and
+    /// write arbitrary MSR values; checks only that the host stays
+    /// consistent and its work bounded. Returns the final vCPU too.
+    pub fn run_hostile(ops: &[Op]) -> Result<(Outcome, SimVcpu), ScenarioError> {
+        let mut s = Scenario::new(GuestKind::Lazy, false);
+        for (step, op) in ops.iter().enumerate() {
+            s.step(step, *op)?;
+        }
+        let out = s.outcome();
+        Ok((out, s.vcpu))
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            interrupts: self.vcpu.interrupts(),
+            reference: self.reference.fired().to_vec(),
+            reference_deadlines: self.reference.served().to_vec(),
+            host_trapped_writes: self.vcpu.host().counters().trapped_writes,
+            necessary_traps: self.necessary_traps,
+            guest: self.vcpu.guest().stats(),
+            counters: self.vcpu.host().counters(),
+            kicks: self.vcpu.kicks(),
+            faults: self.vcpu.guest().msr().faults(),
+        }
+    }
+
+    fn base(&self) -> u64 {
+        if self.last == 0 {
+            self.vcpu.now()
+        } else {
+            self.last
+        }
+    }
+
+    fn step(&mut self, step: usize, op: Op) -> Result<(), ScenarioError> {
+        let now = self.vcpu.now();
+        let lazy = self.kind == GuestKind::Lazy;
+        match op {
+            Op::LvtDeadline => self.set_lvt(LvtTimer::tsc_deadline(TIMER_VECTOR).raw()),
+            Op::Lvt(raw) => self.set_lvt(raw),
+            Op::Register if lazy => match self.vcpu.register() {
+                Ok(()) => self.reference.registration_write(),
+                Err(e) => {
+                    return Err(ScenarioError::Refused {
+                        step,
+                        what: e.to_string(),
+                    })
+                }
+            },
+            Op::Unregister if lazy && self.vcpu.registered() => {
+                self.vcpu.unregister();
+                self.reference.registration_write();
+            }
+            Op::Register | Op::Unregister => {}
+            Op::Reset => {
+                self.vcpu.reset();
+                self.reference.reset();
+                self.last = 0;
+            }
+            Op::WriteIn(d) => self.write(step, now.saturating_add(d))?,
+            Op::WriteLater(d) => self.write(step, self.base().saturating_add(d))?,
+            Op::WriteEarlier(d) => self.write(step, self.base().saturating_sub(d).max(1))?,
+            Op::WriteSame => self.write(step, self.base())?,
+            Op::WritePast(d) => self.write(step, now.saturating_sub(d).max(1))?,
+            Op::WriteZero => self.write(step, 0)?,
+            Op::Advance(d) => {
+                let target = now.saturating_add(d);
+                let due = self.reference.deadline();
+                if due != 0 && due <= target {
+                    self.reference.expire(due.max(now));
+                }
+                if self.vcpu.advance(d) >= MAX_KICKS_PER_ADVANCE {
+                    return Err(ScenarioError::Unbounded { step });
+                }
+            }
+            Op::AdvanceLate(d) => self.vcpu.advance_late(d),
+            Op::Expire => self.expire(step)?,
+            Op::StrayExpiry => match self.vcpu.timer().deadline() {
+                // A due timer's wake-up is an ordinary expiry.
+                Some(d) if d <= now => self.expire(step)?,
+                _ => {
+                    self.vcpu.stray_expiry();
+                }
+            },
+            Op::Snapshot => {
+                self.vcpu
+                    .snapshot_restore()
+                    .map_err(|e| ScenarioError::Refused {
+                        step,
+                        what: e.to_string(),
+                    })?
+            }
+            Op::Scribble { offset, value } => {
+                assert!(!self.honest, "scribbling is a hostile op");
+                self.vcpu.scribble(u64::from(offset), value);
+            }
+            Op::RawWrmsr { index, value } => {
+                assert!(!self.honest, "raw MSR writes are hostile ops");
+                let _ = self.vcpu.raw_msr_write(index, value);
+                let _ = self.vcpu.raw_msr_read(index);
+            }
+        }
+        self.vcpu
+            .check_invariants(self.honest)
+            .map_err(|what| ScenarioError::Inconsistent { step, what })
+    }
+
+    fn set_lvt(&mut self, raw: u32) {
+        self.vcpu.set_lvt(raw);
+        self.reference.set_lvt(raw);
+    }
+
+    fn expire(&mut self, step: usize) -> Result<(), ScenarioError> {
+        self.reference.expire(self.vcpu.now());
+        if self.vcpu.expire_due() >= MAX_KICKS_PER_ADVANCE {
+            return Err(ScenarioError::Unbounded { step });
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, step: usize, t: u64) -> Result<(), ScenarioError> {
+        let armed = self.vcpu.guest_armed();
+        let necessary = !self.vcpu.registered() || must_trap(armed, t);
+        let outcome = self.vcpu.write_deadline(t);
+        if (outcome == WriteOutcome::Trapped) != necessary {
+            return Err(ScenarioError::WrongTrap {
+                step,
+                deadline: t,
+                armed,
+            });
+        }
+        self.necessary_traps += u64::from(necessary);
+        self.reference.write(t, self.vcpu.now());
+        self.last = t;
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! x86-64 plumbing of the guest: interrupt entry stubs, the IDT, the x2APIC
+//! and port I/O.
+
+use core::arch::{asm, global_asm};
+
+/// x2APIC MSRs.
+pub const MSR_APIC_BASE: u32 = 0x1b;
+/// x2APIC task priority register.
+pub const X2APIC_TPR: u32 = 0x808;
+/// x2APIC end-of-interrupt register.
+pub const X2APIC_EOI: u32 = 0x80b;
+/// x2APIC spurious-interrupt vector register.
+pub const X2APIC_SVR: u32 = 0x80f;
+/// x2APIC LVT timer register.
+pub const X2APIC_LVT_TIMER: u32 = 0x832;
+/// Spurious interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// Registers saved by `isr_common`, lowest address first, followed by what
+/// the stub and the CPU pushed.
+#[repr(C)]
+pub struct Frame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+// Entry stubs. Every stub runs on IST1 (see `install_idt`), so the red zone
+// of the interrupted code, which host-target code uses, is never touched.
+// The stub pushes a zero error code where the CPU does not push one, then
+// the vector, and jumps to `isr_common`, which saves every general-purpose
+// register and the SSE state (Rust code may use XMM registers), calls
+// `isr_dispatch(&Frame)` and restores everything.
+global_asm!(
+    r#"
+.macro ISR_STUB vec, has_err
+    .global isr_stub_\vec
+isr_stub_\vec:
+    .if \has_err == 0
+    push 0
+    .endif
+    push \vec
+    jmp isr_common
+.endm
+
+    .section .text.isr, "ax"
+isr_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    mov rbp, rsp
+    and rsp, -64
+    sub rsp, 512
+    fxsave64 [rsp]
+    cld
+    call isr_dispatch
+    fxrstor64 [rsp]
+    mov rsp, rbp
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
+
+    ISR_STUB 0, 0
+    ISR_STUB 1, 0
+    ISR_STUB 2, 0
+    ISR_STUB 3, 0
+    ISR_STUB 4, 0
+    ISR_STUB 5, 0
+    ISR_STUB 6, 0
+    ISR_STUB 7, 0
+    ISR_STUB 8, 1
+    ISR_STUB 9, 0
+    ISR_STUB 10, 1
+    ISR_STUB 11, 1
+    ISR_STUB 12, 1
+    ISR_STUB 13, 1
+    ISR_STUB 14, 1
+    ISR_STUB 15, 0
+    ISR_STUB 16, 0
+    ISR_STUB 17, 1
+    ISR_STUB 18, 0
+    ISR_STUB 19, 0
+    ISR_STUB 20, 0
+    ISR_STUB 21, 1
+    ISR_STUB 22, 0
+    ISR_STUB 23, 0
+    ISR_STUB 24, 0
+    ISR_STUB 25, 0
+    ISR_STUB 26, 0
+    ISR_STUB 27, 0
+    ISR_STUB 28, 0
+    ISR_STUB 29, 1
+    ISR_STUB 30, 1
+    ISR_STUB 31, 0
+    ISR_STUB 236, 0
+    ISR_STUB 237, 0
+    ISR_STUB 255, 0
+
+    .section .rodata.isr_table, "a"
+    .balign 8
+    .global isr_table
+isr_table:
+    .quad isr_stub_0, isr_stub_1, isr_stub_2, isr_stub_3
+    .quad isr_stub_4, isr_stub_5, isr_stub_6, isr_stub_7
+    .quad isr_stub_8, isr_stub_9, isr_stub_10, isr_stub_11
+    .quad isr_stub_12, isr_stub_13, isr_stub_14, isr_stub_15
+    .quad isr_stub_16, isr_stub_17, isr_stub_18, isr_stub_19
+    .quad isr_stub_20, isr_stub_21, isr_stub_22, isr_stub_23
+    .quad isr_stub_24, isr_stub_25, isr_stub_26, isr_stub_27
+    .quad isr_stub_28, isr_stub_29, isr_stub_30, isr_stub_31
+    .quad isr_stub_236, isr_stub_237, isr_stub_255
+"#
+);
+
+pub use crate::layout::{TIMER_VECTOR, WAKE_VECTOR};
+const _: () = assert!(TIMER_VECTOR == 236 && WAKE_VECTOR == 237, "update the ISR stubs");
+
+extern "C" {
+    static isr_table: [u64; 35];
+}
+
+/// One IDT gate.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Gate {
+    offset_lo: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_hi: u32,
+    zero: u32,
+}
+
+const EMPTY_GATE: Gate = Gate {
+    offset_lo: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_hi: 0,
+    zero: 0,
+};
+
+/// One IDT per vCPU: each is written only by its own vCPU before `lidt`.
+#[repr(C, align(16))]
+struct Idts([[Gate; 256]; crate::layout::MAX_CPUS]);
+
+static mut IDTS: Idts = Idts([[EMPTY_GATE; 256]; crate::layout::MAX_CPUS]);
+
+/// Code segment selector set up by the VMM.
+const KERNEL_CS: u16 = 0x08;
+
+/// Fills this vCPU's IDT (all gates on IST1) and loads it.
+pub fn install_idt(cpu: usize) {
+    // SAFETY: `IDTS[cpu]` is touched only by vCPU `cpu`, here, before any
+    // interrupt can arrive; `isr_table` is read-only data from global_asm.
+    unsafe {
+        let idt = &mut (*core::ptr::addr_of_mut!(IDTS)).0[cpu];
+        let table = &*core::ptr::addr_of!(isr_table);
+        for (i, &handler) in table.iter().enumerate() {
+            let vector = if i < 32 {
+                i
+            } else {
+                [TIMER_VECTOR, WAKE_VECTOR, SPURIOUS_VECTOR][i - 32] as usize
+            };
+            idt[vector] = Gate {
+                offset_lo: handler as u16,
+                selector: KERNEL_CS,
+                ist: 1,
+                type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate
+                offset_mid: (handler >> 16) as u16,
+                offset_hi: (handler >> 32) as u32,
+                zero: 0,
+            };
+        }
+        let pointer: [u16; 5] = {
+            let base = idt.as_ptr() as u64;
+            [
+                (256 * 16 - 1) as u16,
+                base as u16,
+                (base >> 16) as u16,
+                (base >> 32) as u16,
+                (base >> 48) as u16,
+            ]
+        };
+        asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack, preserves_flags));
+    }
+}
+
+/// Writes an MSR that is not part of the protocol (APIC set-up, EOI).
+pub fn wrmsr(index: u32, value: u64) {
+    use lazy_tscdeadline_guest::MsrWriter;
+    lazy_tscdeadline_guest::x86::X86Msr.write_msr(index, value);
+}
+
+/// Reads an MSR.
+pub fn rdmsr(index: u32) -> u64 {
+    // SAFETY: the guest runs at CPL 0 and only reads MSRs the (virtual) CPU
+    // implements.
+    unsafe { lazy_tscdeadline_guest::x86::read_msr(index) }
+}
+
+/// `cpuid`.
+pub fn cpuid(leaf: u32) -> [u32; 4] {
+    // SAFETY: `cpuid` has no side effects.
+    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, 0) };
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Enables the x2APIC, software-enables it and programs the LVT timer in
+/// TSC-deadline mode with `vector`.
+pub fn enable_x2apic(vector: u8) {
+    wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 11) | (1 << 10));
+    wrmsr(X2APIC_SVR, (1 << 8) | u64::from(SPURIOUS_VECTOR));
+    wrmsr(X2APIC_TPR, 0);
+    wrmsr(X2APIC_LVT_TIMER, (0b10 << 17) | u64::from(vector));
+}
+
+/// Signals end of interrupt.
+pub fn eoi() {
+    wrmsr(X2APIC_EOI, 0);
+}
+
+/// `out dx, eax`.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: port I/O to the VMM's signalling ports has no memory effect.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Disables interrupts.
+pub fn cli() {
+    // SAFETY: masking interrupts is always sound at CPL 0. Not `nomem`: it
+    // orders memory accesses around the critical section.
+    unsafe { asm!("cli", options(nostack)) }
+}
+
+/// Enables interrupts and halts until one arrives (atomically: `sti` takes
+/// effect after `hlt` starts), then disables them again.
+pub fn wait_for_interrupt() {
+    // SAFETY: see `cli`; the handlers run on IST1 and preserve all state.
+    unsafe { asm!("sti", "hlt", "cli", options(nostack)) }
+}
+
+/// Halts forever.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: stops this vCPU; nothing to preserve.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}

@@ -1,0 +1,141 @@
+//! Guest-physical memory layout and the parameter/result pages shared by the
+//! VMM and the guest program. This file is compiled into both: into the VMM
+//! as a module, and into the freestanding guest by `build.rs`.
+
+/// GDT (built by the VMM).
+pub const GDT_GPA: u64 = 0x1000;
+/// One 128-byte TSS per vCPU (built by the VMM).
+pub const TSS_GPA: u64 = 0x2000;
+/// Size reserved per TSS.
+pub const TSS_STRIDE: u64 = 128;
+/// Workload parameters, written by the VMM before the guest starts.
+pub const PARAMS_GPA: u64 = 0x3000;
+/// Per-vCPU result pages, `RESULTS_GPA + cpu * RESULTS_STRIDE`.
+pub const RESULTS_GPA: u64 = 0x10000;
+/// Size of one result page.
+pub const RESULTS_STRIDE: u64 = 0x1000;
+/// Identity-mapping page tables (PML4, PDPT, PD).
+pub const PML4_GPA: u64 = 0x20000;
+/// Where the flat guest image is loaded; also its entry point.
+pub const IMAGE_GPA: u64 = 0x10_0000;
+/// Largest image (code + data + bss) the layout leaves room for.
+pub const IMAGE_MAX: u64 = 0xf0_0000;
+/// Per-vCPU stacks: `STACKS_GPA + cpu * STACK_STRIDE`; the main stack is the
+/// upper part, the interrupt (IST1) stack the lower `IST_SIZE` bytes.
+pub const STACKS_GPA: u64 = 0x100_0000;
+/// Stack space per vCPU.
+pub const STACK_STRIDE: u64 = 0x4_0000;
+/// Size of the IST1 stack inside each vCPU's stack area.
+pub const IST_SIZE: u64 = 0x1_0000;
+/// Per-vCPU lateness samples (u64 guest TSC cycles each).
+pub const SAMPLES_GPA: u64 = 0x200_0000;
+/// Samples stored per vCPU at most.
+pub const SAMPLES_PER_CPU: u64 = 256 * 1024;
+/// Most vCPUs the layout supports.
+pub const MAX_CPUS: usize = 16;
+
+/// Guest writes its vCPU index here once booted (x2APIC, IDT, registration
+/// and the 0x6e0 probe write done).
+pub const PORT_READY: u16 = 0x500;
+/// Guest writes its vCPU index here when its results are complete.
+pub const PORT_DONE: u16 = 0x501;
+/// Guest writes its vCPU index here after an unexpected exception or a
+/// panic; details are in its result page.
+pub const PORT_FAULT: u16 = 0x502;
+
+/// Vector the guest programs into its LVT timer.
+pub const TIMER_VECTOR: u8 = 0xec;
+/// Vector the VMM's watchdog sends to wake a guest stuck waiting for a
+/// deadline that never fired (so a miss is reported instead of a hang).
+pub const WAKE_VECTOR: u8 = 0xed;
+
+/// `Params::magic`.
+pub const PARAMS_MAGIC: u64 = 0x6c61_7a79_5453_4344;
+
+/// Timer modes as told to the guest.
+pub const MODE_KERNEL: u64 = 0;
+/// Userspace-emulated TSC deadline, no paravirtual feature.
+pub const MODE_EAGER: u64 = 1;
+/// Userspace-emulated TSC deadline with the lazy protocol.
+pub const MODE_LAZY: u64 = 2;
+
+/// Fault kinds in `Results::fault_kind`.
+pub const FAULT_EXCEPTION: u64 = 1;
+/// The guest panicked.
+pub const FAULT_PANIC: u64 = 2;
+/// Lazy mode requested but CPUID does not advertise the feature.
+pub const FAULT_NO_LAZY_CPUID: u64 = 3;
+
+/// Workload parameters (all `u64`, so the layout is identical everywhere).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Params {
+    /// [`PARAMS_MAGIC`].
+    pub magic: u64,
+    /// One of the `MODE_*` values.
+    pub mode: u64,
+    /// Requests per vCPU.
+    pub requests: u64,
+    /// Times each request's deadline is pushed later.
+    pub depth: u64,
+    /// Request timeout in guest TSC cycles.
+    pub timeout_tsc: u64,
+    /// Base seed; each vCPU mixes in its index.
+    pub seed: u64,
+    /// Per-mille of pushes that move the deadline earlier instead.
+    pub early_per_mille: u64,
+    /// One request in `cancel_one_in` is cancelled instead of awaited.
+    pub cancel_one_in: u64,
+    /// A wait that lasts longer than deadline + this is a miss.
+    pub miss_bound_tsc: u64,
+    /// Number of vCPUs.
+    pub vcpus: u64,
+}
+
+/// Per-vCPU results (all `u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Results {
+    /// Set to 1 once the guest wrote the final values.
+    pub done: u64,
+    /// `set_next_deadline` calls.
+    pub deadline_writes: u64,
+    /// Writes the protocol had to trap (every write unless lazy).
+    pub necessary_traps: u64,
+    /// Requests awaited.
+    pub waits: u64,
+    /// Requests cancelled.
+    pub cancels: u64,
+    /// Timer interrupts that completed a wait (deadline reached).
+    pub timer_interrupts: u64,
+    /// Interrupts for a deadline the guest had replaced after it passed
+    /// (a benign race: the old deadline expired while interrupts were off).
+    pub stale_interrupts: u64,
+    /// Waits whose deadline never fired within the bound.
+    pub missed: u64,
+    /// Interrupts before the current deadline.
+    pub early: u64,
+    /// Interrupts with nothing armed.
+    pub spurious: u64,
+    /// Wake-ups sent by the VMM watchdog.
+    pub watchdog_wakes: u64,
+    /// Guest TSC cycles spent inside `set_next_deadline`, summed.
+    pub write_cycles: u64,
+    /// Lateness samples stored at `SAMPLES_GPA + cpu * SAMPLES_PER_CPU * 8`.
+    pub samples: u64,
+    /// 1 if the lazy struct was registered.
+    pub lazy_registered: u64,
+    /// Guest-physical address of the registered struct.
+    pub lazy_gpa: u64,
+    /// Non-zero after a fault (`FAULT_*`).
+    pub fault_kind: u64,
+    /// Exception vector.
+    pub fault_vector: u64,
+    /// Exception error code.
+    pub fault_error: u64,
+    /// Faulting RIP.
+    pub fault_rip: u64,
+    /// Deadline the guest is currently halted waiting for (0: not waiting);
+    /// read by the VMM watchdog.
+    pub waiting_for: u64,
+}

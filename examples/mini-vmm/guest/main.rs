@@ -1,0 +1,300 @@
+//! The mini-VMM's guest: a freestanding x86-64 program, built by `build.rs`
+//! with the host target (`no_std`, static, flat image at `IMAGE_GPA`).
+//!
+//! Each vCPU enters `_start` in 64-bit mode with its index in RDI and its
+//! stack already set up by the VMM. It installs an IDT, enables the x2APIC
+//! with the LVT timer in TSC-deadline mode, registers the lazy struct when
+//! told to (and advertised), then runs the seeded deadline workload through
+//! `lazy_tscdeadline_guest::DeadlineSetter` and reports into its result page.
+#![no_std]
+#![no_main]
+
+mod arch;
+mod layout;
+
+use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use lazy_tscdeadline_abi::{
+    LazyTscDeadline, KVM_CPUID_FEATURES, KVM_FEATURE_LAZY_TSCDEADLINE, MSR_IA32_TSC_DEADLINE,
+};
+use lazy_tscdeadline_guest::x86::{rdtsc, X86Msr};
+use lazy_tscdeadline_guest::{AtomicSharedFields, DeadlineSetter, MsrWriter};
+
+use layout::*;
+
+/// State shared between a vCPU's workload and its interrupt handler. The
+/// workload only changes it with interrupts disabled.
+struct CpuState {
+    /// Deadline the workload currently wants (0: none).
+    current: AtomicU64,
+    /// Set by the handler when `current` was reached.
+    fired: AtomicBool,
+    /// Deadlines that passed before being replaced: an interrupt for each
+    /// may still be delivered and is not a protocol violation.
+    stale_credit: AtomicU64,
+    interrupts: AtomicU64,
+    stale: AtomicU64,
+    early: AtomicU64,
+    spurious: AtomicU64,
+    wakes: AtomicU64,
+    samples: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const CPU_STATE_INIT: CpuState = CpuState {
+    current: AtomicU64::new(0),
+    fired: AtomicBool::new(false),
+    stale_credit: AtomicU64::new(0),
+    interrupts: AtomicU64::new(0),
+    stale: AtomicU64::new(0),
+    early: AtomicU64::new(0),
+    spurious: AtomicU64::new(0),
+    wakes: AtomicU64::new(0),
+    samples: AtomicU64::new(0),
+};
+
+static STATES: [CpuState; MAX_CPUS] = [CPU_STATE_INIT; MAX_CPUS];
+
+/// The per-vCPU structs registered with the host in lazy mode.
+static mut LAZY: [LazyTscDeadline; MAX_CPUS] = [LazyTscDeadline {
+    armed: 0,
+    pending: 0,
+    flags: 0,
+    pad: [0; 11],
+}; MAX_CPUS];
+
+/// Entry point of every vCPU (placed first in the image by the linker
+/// script).
+#[no_mangle]
+#[link_section = ".text.start"]
+pub extern "C" fn _start(cpu: u64) -> ! {
+    let cpu = cpu as usize;
+    arch::install_idt(cpu);
+    arch::enable_x2apic(arch::TIMER_VECTOR);
+    // SAFETY: the VMM wrote the parameter page before starting any vCPU and
+    // never changes it afterwards.
+    let params: Params = unsafe { core::ptr::read_volatile(PARAMS_GPA as *const Params) };
+    if params.magic != PARAMS_MAGIC || cpu >= MAX_CPUS {
+        panic!("bad parameter page");
+    }
+    run(cpu, &params);
+    arch::outl(PORT_DONE, cpu as u32);
+    arch::halt_forever()
+}
+
+fn results(cpu: usize) -> *mut Results {
+    (RESULTS_GPA + cpu as u64 * RESULTS_STRIDE) as *mut Results
+}
+
+/// Writes one field of this vCPU's result page.
+macro_rules! report {
+    ($cpu:expr, $field:ident, $value:expr) => {{
+        let value: u64 = $value;
+        // SAFETY: the result page of each vCPU is identity-mapped RAM that
+        // only this vCPU writes; the VMM only reads it.
+        unsafe { addr_of_mut!((*results($cpu)).$field).write_volatile(value) }
+    }};
+}
+
+/// Small deterministic PRNG (xorshift64*).
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64, cpu: usize) -> Self {
+        let s = seed ^ (cpu as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        XorShift(if s == 0 { 0x2545_f491 } else { s })
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+struct Workload<'a> {
+    cpu: usize,
+    state: &'a CpuState,
+    setter: DeadlineSetter<AtomicSharedFields, X86Msr>,
+    write_cycles: u64,
+}
+
+impl Workload<'_> {
+    /// Sets the next deadline through the protocol's setter (interrupts are
+    /// disabled), timing the call.
+    fn set(&mut self, deadline: u64) {
+        let old = self.state.current.load(Relaxed);
+        self.state.current.store(deadline, Relaxed);
+        let t0 = rdtsc();
+        self.setter.set_next_deadline(deadline);
+        let t1 = rdtsc();
+        self.write_cycles += t1.wrapping_sub(t0);
+        if old != 0 && t1 >= old {
+            // The old deadline had passed: its interrupt may already be
+            // pending (or be delivered by the host right now).
+            self.state.stale_credit.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Waits with interrupts enabled until `deadline` fired; false on a miss.
+    fn wait(&mut self, deadline: u64, bound: u64) -> bool {
+        report!(self.cpu, waiting_for, deadline);
+        let ok = loop {
+            if self.state.fired.load(Relaxed) {
+                break true;
+            }
+            if rdtsc() > deadline.saturating_add(bound) {
+                break false;
+            }
+            arch::wait_for_interrupt();
+        };
+        report!(self.cpu, waiting_for, 0);
+        ok
+    }
+}
+
+fn lazy_advertised() -> bool {
+    let sig = arch::cpuid(0x4000_0000);
+    let kvm = sig[1] == u32::from_le_bytes(*b"KVMK")
+        && sig[2] == u32::from_le_bytes(*b"VMKV")
+        && sig[3] == u32::from_le_bytes(*b"M\0\0\0");
+    kvm && sig[0] >= KVM_CPUID_FEATURES
+        && arch::cpuid(KVM_CPUID_FEATURES)[0] & (1 << KVM_FEATURE_LAZY_TSCDEADLINE) != 0
+}
+
+fn run(cpu: usize, p: &Params) {
+    let state = &STATES[cpu];
+    let mut setter = DeadlineSetter::new(X86Msr);
+    if p.mode == MODE_LAZY {
+        if !lazy_advertised() {
+            report!(cpu, fault_kind, FAULT_NO_LAZY_CPUID);
+            arch::outl(PORT_FAULT, cpu as u32);
+            arch::halt_forever();
+        }
+        // SAFETY: `LAZY[cpu]` is a static, 64-byte aligned struct used by
+        // this vCPU only, and from now on only through the atomics of
+        // `AtomicSharedFields` (and by the host).
+        let area = unsafe { addr_of_mut!(LAZY[cpu]) };
+        // SAFETY: as above.
+        let shared = unsafe { AtomicSharedFields::new(area) };
+        shared.reset();
+        let gpa = area as u64; // identity mapped
+        if setter.register(shared, gpa).is_err() {
+            panic!("registration rejected");
+        }
+        report!(cpu, lazy_registered, 1);
+        report!(cpu, lazy_gpa, gpa);
+    }
+    // Boot probe: one direct write of 0 (disarm) to IA32_TSC_DEADLINE, so
+    // the VMM can check the MSR really exits to userspace before the
+    // workload. Not a deadline write of the workload.
+    X86Msr.write_msr(MSR_IA32_TSC_DEADLINE, 0);
+    arch::outl(PORT_READY, cpu as u32);
+
+    let mut w = Workload { cpu, state, setter, write_cycles: 0 };
+    let mut rng = XorShift::new(p.seed, cpu);
+    let timeout = p.timeout_tsc.max(1);
+    let (mut waits, mut cancels, mut missed) = (0u64, 0u64, 0u64);
+    for _ in 0..p.requests {
+        state.fired.store(false, Relaxed);
+        w.set(rdtsc() + timeout);
+        for _ in 0..p.depth {
+            let earlier = rng.next() % 1000 < p.early_per_mille;
+            let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
+            w.set(d);
+        }
+        if rng.next() % p.cancel_one_in.max(1) == 0 {
+            w.set(0);
+            cancels += 1;
+        } else {
+            waits += 1;
+            let d = state.current.load(Relaxed);
+            if !w.wait(d, p.miss_bound_tsc) {
+                missed += 1;
+                w.set(0);
+            }
+        }
+    }
+    let stats = w.setter.stats();
+    report!(cpu, deadline_writes, stats.writes);
+    report!(cpu, necessary_traps, stats.traps);
+    report!(cpu, waits, waits);
+    report!(cpu, cancels, cancels);
+    report!(cpu, missed, missed);
+    report!(cpu, write_cycles, w.write_cycles);
+    report!(cpu, timer_interrupts, state.interrupts.load(Relaxed));
+    report!(cpu, stale_interrupts, state.stale.load(Relaxed));
+    report!(cpu, early, state.early.load(Relaxed));
+    report!(cpu, spurious, state.spurious.load(Relaxed));
+    report!(cpu, watchdog_wakes, state.wakes.load(Relaxed));
+    report!(cpu, samples, state.samples.load(Relaxed).min(SAMPLES_PER_CPU));
+    report!(cpu, done, 1);
+}
+
+/// The vCPU an interrupt or panic happened on, from the stack pointer (all
+/// stacks, including IST1, lie in the vCPU's own stack area).
+fn cpu_from_stack(sp: u64) -> usize {
+    (sp.wrapping_sub(STACKS_GPA) / STACK_STRIDE) as usize % MAX_CPUS
+}
+
+fn on_timer(cpu: usize) {
+    let now = rdtsc();
+    let st = &STATES[cpu];
+    let current = st.current.load(Relaxed);
+    if current != 0 && now >= current {
+        st.current.store(0, Relaxed);
+        st.fired.store(true, Relaxed);
+        st.interrupts.fetch_add(1, Relaxed);
+        let n = st.samples.fetch_add(1, Relaxed);
+        if n < SAMPLES_PER_CPU {
+            let slot = SAMPLES_GPA + (cpu as u64 * SAMPLES_PER_CPU + n) * 8;
+            // SAFETY: the sample area of this vCPU is identity-mapped RAM
+            // reserved by the layout; only this vCPU writes it.
+            unsafe { (slot as *mut u64).write_volatile(now - current) };
+        }
+    } else if st.stale_credit.load(Relaxed) > 0 {
+        st.stale_credit.fetch_sub(1, Relaxed);
+        st.stale.fetch_add(1, Relaxed);
+    } else if current == 0 {
+        st.spurious.fetch_add(1, Relaxed);
+    } else {
+        st.early.fetch_add(1, Relaxed);
+    }
+}
+
+/// Called by `isr_common` for every interrupt and exception.
+#[no_mangle]
+extern "C" fn isr_dispatch(frame: &mut arch::Frame) {
+    let cpu = cpu_from_stack(frame as *mut arch::Frame as u64);
+    match frame.vector as u8 {
+        arch::TIMER_VECTOR => {
+            on_timer(cpu);
+            arch::eoi();
+        }
+        arch::WAKE_VECTOR => {
+            STATES[cpu].wakes.fetch_add(1, Relaxed);
+            arch::eoi();
+        }
+        arch::SPURIOUS_VECTOR => {}
+        _ => {
+            report!(cpu, fault_vector, frame.vector);
+            report!(cpu, fault_error, frame.error);
+            report!(cpu, fault_rip, frame.rip);
+            report!(cpu, fault_kind, FAULT_EXCEPTION);
+            arch::outl(PORT_FAULT, cpu as u32);
+            arch::halt_forever();
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    let marker = 0u8;
+    let cpu = cpu_from_stack(addr_of!(marker) as u64);
+    report!(cpu, fault_kind, FAULT_PANIC);
+    arch::outl(PORT_FAULT, cpu as u32);
+    arch::halt_forever()
+}

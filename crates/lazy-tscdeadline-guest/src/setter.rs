@@ -56,14 +56,14 @@ impl<S: SharedFields, M: MsrWriter> DeadlineSetter<S, M> {
 
     /// Registers `shared`, located at guest-physical `gpa`, with the host.
     ///
-    /// `pending` is zeroed first, so the host never sees a stale value, then
-    /// [`registration_value`]`(gpa)` is written to the registration MSR. The
-    /// caller must have checked the CPUID feature bit: without it the host
-    /// answers the write with #GP.
+    /// Writes [`registration_value`]`(gpa)` to the registration MSR. The
+    /// host answers with `armed = 0`, so the next deadline traps; `pending`
+    /// need not be initialised, as the host reads it only after a trapped
+    /// write, which this setter always precedes with a store to `pending`.
+    /// The caller must have checked the CPUID feature bit: without it the
+    /// host answers the write with #GP.
     pub fn register(&mut self, shared: S, gpa: u64) -> Result<(), RegistrationError> {
         let value = registration_value(gpa)?;
-        shared.store_pending(0);
-        shared.full_fence();
         self.msr.write_msr(MSR_KVM_LAZY_TSCDEADLINE, value);
         self.shared = Some(shared);
         Ok(())
@@ -198,14 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn register_zeroes_pending_and_rejects_bad_address() {
+    fn register_rejects_bad_address_and_unregister_writes_zero() {
         let cells = Cells::default();
-        cells.pending.set(77);
         let mut s = DeadlineSetter::new(Last::default());
         assert!(s.register(&cells, 0x41).is_err());
         assert_eq!(s.msr().1, 0, "no MSR write for a rejected address");
         s.register(&cells, 0x80).unwrap();
-        assert_eq!(cells.pending.get(), 0);
+        assert_eq!(s.msr().0, Some((MSR_KVM_LAZY_TSCDEADLINE, 0x81)));
         assert!(s.unregister().is_some());
         assert_eq!(s.msr().0, Some((MSR_KVM_LAZY_TSCDEADLINE, 0)));
         assert!(s.unregister().is_none());

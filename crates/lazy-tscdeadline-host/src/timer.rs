@@ -127,7 +127,12 @@ where
 
     /// Tells the timer the LVT timer register's current value. Leaving
     /// TSC-deadline mode, or masking, drops the armed deadline (CLEAR).
+    ///
+    /// A deadline that is already due but whose host expiry has not been
+    /// handled yet is delivered first, under the old LVT value, as it would
+    /// have been had the host timer been on time.
     pub fn set_lvt_timer(&mut self, lvt: u32) {
+        self.catch_up();
         self.lvt = LvtTimer::from_raw(lvt);
         if !self.lvt.deadline_live() && self.deadline != 0 {
             self.clear();
@@ -303,7 +308,8 @@ where
     }
 
     /// Registration MSR write: enable, disable or re-register. Any change
-    /// drops the armed deadline and starts the new struct with `armed = 0`.
+    /// drops the armed deadline (after delivering it if it is already due)
+    /// and starts the new struct with `armed = 0`.
     fn register(&mut self, value: u64) -> Result<(), Error> {
         if !self.config.lazy_advertised {
             return Err(Error::FeatureNotAdvertised);
@@ -313,6 +319,7 @@ where
             Some(gpa) => Some(SharedArea::new(&self.mem, gpa).ok_or(Error::OutsideGuestMemory(gpa))?),
             None => None,
         };
+        self.catch_up();
         if self.deadline != 0 {
             self.clear();
         } else {
@@ -325,6 +332,15 @@ where
             self.counters.registrations += 1;
         }
         Ok(())
+    }
+
+    /// Handles a due host expiry now, before an event that would drop the
+    /// deadline (a late host timer must not turn into a lost interrupt).
+    fn catch_up(&mut self) {
+        if self.deadline != 0 && self.deadline <= self.clock.now() {
+            self.disarm_timer();
+            self.kick();
+        }
     }
 
     /// CLEAR: the deadline goes away for a reason other than firing.

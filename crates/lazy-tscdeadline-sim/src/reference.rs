@@ -11,6 +11,8 @@ use crate::Interrupt;
 /// are ignored unless it is in live TSC-deadline mode; masking or leaving
 /// that mode drops the deadline) and, when `registration_cancels` is set,
 /// drops the deadline on every registration MSR write, as the host does.
+/// Before either drops a deadline, a deadline already due fires: a host
+/// catches up with a late timer before it acts on such a write.
 #[derive(Clone, Debug)]
 pub struct EagerModel {
     lvt: LvtTimer,
@@ -55,15 +57,19 @@ impl EagerModel {
         self.deadline
     }
     /// LVT timer register changed.
-    pub fn set_lvt(&mut self, raw: u32) {
+    /// A deadline already due is delivered first (`now` is the time).
+    pub fn set_lvt(&mut self, raw: u32, now: u64) {
+        self.expire(now);
         self.lvt = LvtTimer::from_raw(raw);
         if !self.lvt.deadline_live() {
             self.deadline = 0;
         }
     }
     /// The guest wrote the registration MSR (successfully).
-    pub fn registration_write(&mut self) {
+    /// A deadline already due is delivered first.
+    pub fn registration_write(&mut self, now: u64) {
         if self.registration_cancels {
+            self.expire(now);
             self.deadline = 0;
         }
     }

@@ -128,6 +128,32 @@ pub enum ScenarioError {
         /// What.
         what: String,
     },
+    /// An interrupt fired before the guest's latest deadline.
+    Early {
+        /// Op index.
+        step: usize,
+        /// Injection time.
+        time: u64,
+        /// The guest's latest deadline.
+        deadline: u64,
+    },
+    /// An interrupt fired with no deadline outstanding (nothing written
+    /// since the last one fired, or the deadline was cancelled): spurious
+    /// or duplicated.
+    Spurious {
+        /// Op index.
+        step: usize,
+        /// Injection time.
+        time: u64,
+    },
+    /// The host handled its timer after the guest's latest deadline had
+    /// passed, and no interrupt came.
+    Lost {
+        /// Op index.
+        step: usize,
+        /// The deadline.
+        deadline: u64,
+    },
     /// An honest operation was refused.
     Refused {
         /// Op index.
@@ -145,6 +171,13 @@ pub struct Scenario {
     kind: GuestKind,
     honest: bool,
     last: u64,
+    /// The guest's outstanding deadline (written, live, not yet fired nor
+    /// cancelled), tracked independently of the host: the oracle for
+    /// early / spurious / lost.
+    wish: Option<u64>,
+    seen_interrupts: usize,
+    /// Whether the current step wrote the registration MSR.
+    registration_written: bool,
     necessary_traps: u64,
 }
 
@@ -162,6 +195,9 @@ impl Scenario {
             kind,
             honest,
             last: 0,
+            wish: None,
+            seen_interrupts: 0,
+            registration_written: false,
             necessary_traps: 0,
         }
     }
@@ -212,13 +248,65 @@ impl Scenario {
     }
 
     fn step(&mut self, step: usize, op: Op) -> Result<(), ScenarioError> {
+        let live_before = self.vcpu.host().lvt_timer().deadline_live();
+        self.registration_written = false;
+        self.apply(step, op)?;
+        if self.honest {
+            self.check_interrupts(step)?;
+            let processing = matches!(
+                op,
+                Op::Advance(_) | Op::Expire | Op::StrayExpiry | Op::Lvt(_) | Op::LvtDeadline
+            ) || self.registration_written;
+            if processing && live_before {
+                if let Some(deadline) = self.wish.filter(|&d| d <= self.vcpu.now()) {
+                    return Err(ScenarioError::Lost { step, deadline });
+                }
+            }
+            // Events that drop the deadline, after the interrupts they
+            // may deliver first.
+            match op {
+                Op::Reset => self.wish = None,
+                _ if self.registration_written => self.wish = None,
+                _ if !self.vcpu.host().lvt_timer().deadline_live() => self.wish = None,
+                _ => {}
+            }
+        }
+        self.vcpu
+            .check_invariants(self.honest)
+            .map_err(|what| ScenarioError::Inconsistent { step, what })
+    }
+
+    /// Checks the interrupts injected during `step` against the oracle.
+    fn check_interrupts(&mut self, step: usize) -> Result<(), ScenarioError> {
+        let log = self.vcpu.interrupts();
+        for irq in &log[self.seen_interrupts..] {
+            match self.wish.take() {
+                None => return Err(ScenarioError::Spurious { step, time: irq.time }),
+                Some(deadline) if deadline > irq.time => {
+                    return Err(ScenarioError::Early {
+                        step,
+                        time: irq.time,
+                        deadline,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        self.seen_interrupts = log.len();
+        Ok(())
+    }
+
+    fn apply(&mut self, step: usize, op: Op) -> Result<(), ScenarioError> {
         let now = self.vcpu.now();
         let lazy = self.kind == GuestKind::Lazy;
         match op {
             Op::LvtDeadline => self.set_lvt(LvtTimer::tsc_deadline(TIMER_VECTOR).raw()),
             Op::Lvt(raw) => self.set_lvt(raw),
             Op::Register if lazy => match self.vcpu.register() {
-                Ok(()) => self.reference.registration_write(),
+                Ok(()) => {
+                    self.registration_written = true;
+                    self.reference.registration_write(now)
+                }
                 Err(e) => {
                     return Err(ScenarioError::Refused {
                         step,
@@ -228,7 +316,8 @@ impl Scenario {
             },
             Op::Unregister if lazy && self.vcpu.registered() => {
                 self.vcpu.unregister();
-                self.reference.registration_write();
+                self.registration_written = true;
+                self.reference.registration_write(now);
             }
             Op::Register | Op::Unregister => {}
             Op::Reset => {
@@ -279,14 +368,12 @@ impl Scenario {
                 let _ = self.vcpu.raw_msr_read(index);
             }
         }
-        self.vcpu
-            .check_invariants(self.honest)
-            .map_err(|what| ScenarioError::Inconsistent { step, what })
+        Ok(())
     }
 
     fn set_lvt(&mut self, raw: u32) {
         self.vcpu.set_lvt(raw);
-        self.reference.set_lvt(raw);
+        self.reference.set_lvt(raw, self.vcpu.now());
     }
 
     fn expire(&mut self, step: usize) -> Result<(), ScenarioError> {
@@ -311,6 +398,9 @@ impl Scenario {
         self.necessary_traps += u64::from(necessary);
         self.reference.write(t, self.vcpu.now());
         self.last = t;
+        if self.vcpu.host().lvt_timer().deadline_live() {
+            self.wish = (t != 0).then_some(t);
+        }
         Ok(())
     }
 }

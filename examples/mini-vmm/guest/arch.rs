@@ -249,8 +249,7 @@ pub fn rdmsr(index: u32) -> u64 {
 
 /// `cpuid`.
 pub fn cpuid(leaf: u32) -> [u32; 4] {
-    // SAFETY: `cpuid` has no side effects.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, 0) };
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 
@@ -274,17 +273,11 @@ pub fn outl(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
 }
 
-/// Disables interrupts.
-pub fn cli() {
-    // SAFETY: masking interrupts is always sound at CPL 0. Not `nomem`: it
-    // orders memory accesses around the critical section.
-    unsafe { asm!("cli", options(nostack)) }
-}
-
 /// Enables interrupts and halts until one arrives (atomically: `sti` takes
 /// effect after `hlt` starts), then disables them again.
 pub fn wait_for_interrupt() {
-    // SAFETY: see `cli`; the handlers run on IST1 and preserve all state.
+    // SAFETY: masking/unmasking interrupts is sound at CPL 0 (not `nomem`:
+    // it orders memory accesses around the wait); the handlers run on IST1 and preserve all state.
     unsafe { asm!("sti", "hlt", "cli", options(nostack)) }
 }
 

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod arch;
+#[allow(dead_code)]
 mod layout;
 
 use core::ptr::{addr_of, addr_of_mut};
@@ -298,3 +299,8 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     arch::outl(PORT_FAULT, cpu as u32);
     arch::halt_forever()
 }
+
+/// The precompiled `core` of the host target carries unwind tables that
+/// name this symbol; with `panic=abort` it is never called.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}

@@ -1,0 +1,176 @@
+//! Property tests of the protocol invariants, over the real guest and host
+//! crates in the simulator. Each property runs 1000 cases unless
+//! `PROPTEST_CASES` says otherwise.
+
+use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_sim::{GuestKind, Op, Scenario};
+use proptest::prelude::*;
+use vm_memory::{Bytes, GuestAddress};
+
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 1000;
+    }
+    c
+}
+
+/// Deltas around the interesting scales: 0, tiny, typical, huge.
+fn delta() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => 0u64..4,
+        6 => 1u64..200,
+        3 => 200u64..5_000,
+        1 => Just(u64::MAX / 2),
+    ]
+}
+
+fn lvt_raw() -> impl Strategy<Value = u32> {
+    // mode x mask x vector (vector kept at the simulator's).
+    (0u32..4, any::<bool>()).prop_map(|(mode, masked)| (mode << 17) | (u32::from(masked) << 16) | 0xec)
+}
+
+/// Honest operations, weighted like a timer-heavy guest: mostly pushes
+/// later, with time passing, expiries on time (and late ones when `late`),
+/// and every kind of disturbance now and then.
+fn honest_op(late: bool) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => delta().prop_map(Op::WriteLater),
+        4 => delta().prop_map(Op::WriteIn),
+        2 => delta().prop_map(Op::WriteEarlier),
+        1 => Just(Op::WriteSame),
+        1 => delta().prop_map(Op::WritePast),
+        1 => Just(Op::WriteZero),
+        6 => delta().prop_map(Op::Advance),
+        2 => delta().prop_map(move |d| if late { Op::AdvanceLate(d) } else { Op::Advance(d) }),
+        2 => Just(Op::Expire),
+        1 => Just(Op::StrayExpiry),
+        2 => Just(Op::LvtDeadline),
+        1 => lvt_raw().prop_map(Op::Lvt),
+        2 => Just(Op::Register),
+        1 => Just(Op::Unregister),
+        1 => Just(Op::Reset),
+        2 => Just(Op::Snapshot),
+    ]
+}
+
+/// A scenario: set up a live LVT and (for lazy) register, run the ops, then
+/// let enough time pass that anything still armed fires.
+fn scenario(late: bool) -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(honest_op(late), 1..80).prop_map(|body| {
+        let mut ops = vec![Op::LvtDeadline, Op::Register];
+        ops.extend(body);
+        ops.push(Op::Expire);
+        ops.push(Op::Advance(u64::MAX / 2 + 1));
+        ops
+    })
+}
+
+fn hostile_op() -> impl Strategy<Value = Op> {
+    let msr = prop_oneof![
+        Just(MSR_IA32_TSC_DEADLINE),
+        Just(MSR_KVM_LAZY_TSCDEADLINE),
+        any::<u32>()
+    ];
+    let reg_value = prop_oneof![
+        any::<u64>(),
+        (0u64..0x1_0000).prop_map(|v| v | 1),
+        (0u64..0x400).prop_map(|v| (v << 6) | 1),
+    ];
+    prop_oneof![
+        6 => honest_op(true),
+        3 => (any::<u8>(), any::<u64>()).prop_map(|(offset, value)| Op::Scribble { offset, value }),
+        2 => (msr, reg_value).prop_map(|(index, value)| Op::RawWrmsr { index, value }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// With host expiries delivered on time, the interrupt trace of the
+    /// lazy protocol (which deadlines fire, at what virtual time, with what
+    /// vector) equals plain eager IA32_TSC_DEADLINE behaviour for the same
+    /// guest writes; so does the host crate's own eager emulation.
+    #[test]
+    fn on_time_traces_equal_eager_reference(ops in scenario(false)) {
+        for kind in [GuestKind::Lazy, GuestKind::Eager] {
+            let out = Scenario::run(kind, &ops).map_err(|e| TestCaseError::fail(format!("{kind:?}: {e:?}")))?;
+            prop_assert_eq!(&out.interrupts, &out.reference, "{:?}", kind);
+        }
+    }
+
+    /// With late host expiries too: never early, never spurious or
+    /// duplicated, never lost. The simulator's oracle tracks the guest's
+    /// outstanding deadline independently of the host and fails the run if
+    /// an interrupt comes before it or with none outstanding, or if the
+    /// host handles its timer after that deadline passed without firing it.
+    /// Lazy delivers at most what eager delivers: already-passed deadlines
+    /// written while the host is late are served by the one late expiry
+    /// (they never trap). The eager host matches the reference exactly.
+    #[test]
+    fn never_early_lost_spurious_or_duplicated(ops in scenario(true)) {
+        let out = Scenario::run(GuestKind::Lazy, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert!(out.interrupts.len() <= out.reference.len(), "more interrupts than eager");
+        prop_assert_eq!(out.counters.injections as usize, out.interrupts.len());
+        let eager = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(&eager.interrupts, &eager.reference);
+    }
+
+    /// The host sees exactly the writes the protocol must trap
+    /// (`armed == 0 || t < armed` at the time of the write), no exit of the
+    /// implementation's own.
+    #[test]
+    fn traps_are_exactly_the_necessary_ones(ops in scenario(true)) {
+        let out = Scenario::run(GuestKind::Lazy, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(out.host_trapped_writes, out.necessary_traps);
+        prop_assert_eq!(out.guest.traps, out.necessary_traps);
+        prop_assert_eq!(out.guest.writes, out.guest.traps + out.guest.deferred);
+        let eager = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(eager.host_trapped_writes, eager.guest.writes);
+    }
+
+    /// Snapshot/restore at any point changes nothing the guest can observe.
+    #[test]
+    fn snapshots_anywhere_are_invisible(ops in scenario(true), at in prop::collection::vec(any::<prop::sample::Index>(), 1..6)) {
+        let mut with = ops.clone();
+        for i in at {
+            let pos = i.index(with.len());
+            with.insert(pos, Op::Snapshot);
+        }
+        let plain: Vec<Op> = ops.into_iter().filter(|o| *o != Op::Snapshot).collect();
+        let a = Scenario::run(GuestKind::Lazy, &plain).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let b = Scenario::run(GuestKind::Lazy, &with).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(a.interrupts, b.interrupts);
+        prop_assert_eq!(a.host_trapped_writes, b.host_trapped_writes);
+    }
+
+    /// A hostile guest (garbage in its struct, arbitrary MSR values): no
+    /// panic, bounded work per time step, consistent host state, and the
+    /// host writes nothing but `armed` of a struct it accepted.
+    #[test]
+    fn hostile_guest_cannot_break_the_host(body in prop::collection::vec(hostile_op(), 1..120)) {
+        let mut ops = vec![Op::LvtDeadline, Op::Register];
+        ops.extend(body);
+        ops.push(Op::Advance(u64::MAX / 2));
+        let (out, vcpu) = Scenario::run_hostile(&ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert!(out.kicks <= 8 * ops.len() as u64);
+        // Host state is consistent with its timer, and a registered struct
+        // is entirely inside RAM.
+        vcpu.check_invariants(false).map_err(TestCaseError::fail)?;
+        let registration = vcpu.host().registration();
+        if let Some(gpa) = registration.gpa() {
+            prop_assert!(Scenario::memory().address_in_range_all(gpa));
+        }
+    }
+}
+
+/// Helper: whether all 64 bytes at `gpa` are in the simulator's RAM.
+trait InRange {
+    fn address_in_range_all(&self, gpa: u64) -> bool;
+}
+impl InRange for std::rc::Rc<vm_memory::GuestMemoryMmap> {
+    fn address_in_range_all(&self, gpa: u64) -> bool {
+        let mut buf = [0u8; 64];
+        self.read_slice(&mut buf, GuestAddress(gpa)).is_ok()
+    }
+}

@@ -33,7 +33,9 @@ pub enum RegistrationError {
 impl fmt::Display for RegistrationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ReservedBits(v) => write!(f, "reserved bits 1..=5 set in registration value {v:#x}"),
+            Self::ReservedBits(v) => {
+                write!(f, "reserved bits 1..=5 set in registration value {v:#x}")
+            }
             Self::Misaligned(gpa) => write!(f, "struct address {gpa:#x} is not 64-byte aligned"),
         }
     }
@@ -110,7 +112,10 @@ mod tests {
     fn every_reserved_bit_is_rejected() {
         for bit in 1..=5 {
             let v = 0x1000 | 1 | (1 << bit);
-            assert_eq!(Registration::from_msr(v), Err(RegistrationError::ReservedBits(v)));
+            assert_eq!(
+                Registration::from_msr(v),
+                Err(RegistrationError::ReservedBits(v))
+            );
         }
     }
 
@@ -119,8 +124,14 @@ mod tests {
         let r = Registration::enabled(0xfff_ffc0).unwrap();
         assert_eq!(r.to_msr(), 0xfff_ffc1);
         assert_eq!(r.gpa(), Some(0xfff_ffc0));
-        assert_eq!(Registration::enabled(0x1020), Err(RegistrationError::Misaligned(0x1020)));
-        assert_eq!(Registration::enabled(0x1001), Err(RegistrationError::Misaligned(0x1001)));
+        assert_eq!(
+            Registration::enabled(0x1020),
+            Err(RegistrationError::Misaligned(0x1020))
+        );
+        assert_eq!(
+            Registration::enabled(0x1001),
+            Err(RegistrationError::Misaligned(0x1001))
+        );
     }
 
     #[test]

@@ -60,7 +60,9 @@ mod shared;
 #[cfg(all(feature = "x86_64", target_arch = "x86_64"))]
 pub mod x86;
 
-pub use setter::{disable_value, must_trap, registration_value, DeadlineSetter, GuestStats, WriteOutcome};
+pub use setter::{
+    disable_value, must_trap, registration_value, DeadlineSetter, GuestStats, WriteOutcome,
+};
 pub use shared::{AtomicSharedFields, SharedFields};
 
 /// Writes a model-specific register of the current CPU.

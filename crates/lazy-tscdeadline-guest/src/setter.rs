@@ -74,7 +74,8 @@ impl<S: SharedFields, M: MsrWriter> DeadlineSetter<S, M> {
     pub fn unregister(&mut self) -> Option<S> {
         let shared = self.shared.take();
         if shared.is_some() {
-            self.msr.write_msr(MSR_KVM_LAZY_TSCDEADLINE, disable_value());
+            self.msr
+                .write_msr(MSR_KVM_LAZY_TSCDEADLINE, disable_value());
         }
         shared
     }
@@ -194,7 +195,14 @@ mod tests {
         assert_eq!(s.set_next_deadline(0), WriteOutcome::Trapped);
         cells.armed.set(0);
         assert_eq!(s.set_next_deadline(u64::MAX), WriteOutcome::Trapped);
-        assert_eq!(s.stats(), GuestStats { writes: 5, traps: 3, deferred: 2 });
+        assert_eq!(
+            s.stats(),
+            GuestStats {
+                writes: 5,
+                traps: 3,
+                deferred: 2
+            }
+        );
     }
 
     #[test]

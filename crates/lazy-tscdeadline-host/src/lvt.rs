@@ -74,7 +74,10 @@ mod tests {
     fn decodes_fields() {
         let l = LvtTimer::tsc_deadline(0xec);
         assert_eq!(l.raw(), 0x400ec);
-        assert_eq!((l.vector(), l.masked(), l.mode()), (0xec, false, TimerMode::TscDeadline));
+        assert_eq!(
+            (l.vector(), l.masked(), l.mode()),
+            (0xec, false, TimerMode::TscDeadline)
+        );
         assert!(l.deadline_live());
         assert!(!LvtTimer::from_raw(l.raw() | 1 << 16).deadline_live());
         assert_eq!(LvtTimer::from_raw(1 << 17).mode(), TimerMode::Periodic);

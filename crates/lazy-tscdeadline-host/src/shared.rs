@@ -33,7 +33,11 @@ impl SharedArea {
     pub(crate) fn publish_armed<M: GuestAddressSpace>(&self, mem: &M, armed: u64) -> bool {
         let ok = mem
             .memory()
-            .store(armed, GuestAddress(self.gpa + ARMED_OFFSET), Ordering::Relaxed)
+            .store(
+                armed,
+                GuestAddress(self.gpa + ARMED_OFFSET),
+                Ordering::Relaxed,
+            )
             .is_ok();
         fence(Ordering::SeqCst);
         ok

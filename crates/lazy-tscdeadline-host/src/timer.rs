@@ -200,7 +200,13 @@ where
     /// Rebuilds a timer from `state` over `mem` (the restored guest memory)
     /// and re-arms `timer` if a deadline was armed. A deadline that passed
     /// while the VM was stopped fires at the first kick.
-    pub fn from_state(mem: M, timer: T, clock: C, irq: I, state: &TimerState) -> Result<Self, Error> {
+    pub fn from_state(
+        mem: M,
+        timer: T,
+        clock: C,
+        irq: I,
+        state: &TimerState,
+    ) -> Result<Self, Error> {
         if state.version != STATE_VERSION {
             return Err(Error::UnsupportedStateVersion(state.version));
         }
@@ -208,13 +214,19 @@ where
             .map_err(|_| Error::InvalidState("reserved bits set in the registration value"))?;
         let lvt = LvtTimer::from_raw(state.lvt_timer);
         if registration.is_enabled() && !state.lazy_advertised {
-            return Err(Error::InvalidState("registered but the feature is not advertised"));
+            return Err(Error::InvalidState(
+                "registered but the feature is not advertised",
+            ));
         }
         if state.published && (state.deadline == 0 || !registration.is_enabled()) {
-            return Err(Error::InvalidState("published without a deadline or registration"));
+            return Err(Error::InvalidState(
+                "published without a deadline or registration",
+            ));
         }
         if state.deadline != 0 && !lvt.deadline_live() {
-            return Err(Error::InvalidState("deadline armed while the LVT is not in live TSC-deadline mode"));
+            return Err(Error::InvalidState(
+                "deadline armed while the LVT is not in live TSC-deadline mode",
+            ));
         }
         let area = match registration.gpa() {
             Some(gpa) => Some(
@@ -316,7 +328,9 @@ where
         }
         let registration = Registration::from_msr(value)?;
         let area = match registration.gpa() {
-            Some(gpa) => Some(SharedArea::new(&self.mem, gpa).ok_or(Error::OutsideGuestMemory(gpa))?),
+            Some(gpa) => {
+                Some(SharedArea::new(&self.mem, gpa).ok_or(Error::OutsideGuestMemory(gpa))?)
+            }
             None => None,
         };
         self.catch_up();

@@ -281,7 +281,12 @@ impl Scenario {
         let log = self.vcpu.interrupts();
         for irq in &log[self.seen_interrupts..] {
             match self.wish.take() {
-                None => return Err(ScenarioError::Spurious { step, time: irq.time }),
+                None => {
+                    return Err(ScenarioError::Spurious {
+                        step,
+                        time: irq.time,
+                    })
+                }
                 Some(deadline) if deadline > irq.time => {
                     return Err(ScenarioError::Early {
                         step,
@@ -350,14 +355,13 @@ impl Scenario {
                     self.vcpu.stray_expiry();
                 }
             },
-            Op::Snapshot => {
-                self.vcpu
-                    .snapshot_restore()
-                    .map_err(|e| ScenarioError::Refused {
-                        step,
-                        what: e.to_string(),
-                    })?
-            }
+            Op::Snapshot => self
+                .vcpu
+                .snapshot_restore()
+                .map_err(|e| ScenarioError::Refused {
+                    step,
+                    what: e.to_string(),
+                })?,
             Op::Scribble { offset, value } => {
                 assert!(!self.honest, "scribbling is a hostile op");
                 self.vcpu.scribble(u64::from(offset), value);

@@ -215,7 +215,11 @@ impl SimVcpu {
 
     /// The struct's `(armed, pending)` in guest memory.
     pub fn shared_fields(&self) -> (u64, u64) {
-        let rd = |off| self.mem.read_obj::<u64>(GuestAddress(self.gpa + off)).unwrap_or(0);
+        let rd = |off| {
+            self.mem
+                .read_obj::<u64>(GuestAddress(self.gpa + off))
+                .unwrap_or(0)
+        };
         (rd(ARMED_OFFSET), rd(PENDING_OFFSET))
     }
 

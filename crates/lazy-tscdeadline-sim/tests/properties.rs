@@ -27,7 +27,8 @@ fn delta() -> impl Strategy<Value = u64> {
 
 fn lvt_raw() -> impl Strategy<Value = u32> {
     // mode x mask x vector (vector kept at the simulator's).
-    (0u32..4, any::<bool>()).prop_map(|(mode, masked)| (mode << 17) | (u32::from(masked) << 16) | 0xec)
+    (0u32..4, any::<bool>())
+        .prop_map(|(mode, masked)| (mode << 17) | (u32::from(masked) << 16) | 0xec)
 }
 
 /// Honest operations, weighted like a timer-heavy guest: mostly pushes

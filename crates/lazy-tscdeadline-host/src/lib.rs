@@ -85,3 +85,8 @@ pub use timer::{Config, KickOutcome, TscDeadlineTimer, MAX_KICK_ROUNDS};
 pub use traits::{GuestClock, HostTimer, InterruptSink};
 
 pub use lazy_tscdeadline_abi as abi;
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -36,7 +36,10 @@ fn rustc(out: Option<&Path>, args: &[&str]) {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
         .unwrap_or_else(|e| panic!("cannot run {rustc}: {e}"));
-    assert!(status.success(), "building the guest failed: {rustc} {args:?}");
+    assert!(
+        status.success(),
+        "building the guest failed: {rustc} {args:?}"
+    );
 }
 
 fn main() {
@@ -64,7 +67,10 @@ fn main() {
         &[
             "--crate-type=rlib",
             "--crate-name=lazy_tscdeadline_abi",
-            crates.join("lazy-tscdeadline-abi/src/lib.rs").to_str().unwrap(),
+            crates
+                .join("lazy-tscdeadline-abi/src/lib.rs")
+                .to_str()
+                .unwrap(),
         ],
     );
     rustc(
@@ -76,7 +82,10 @@ fn main() {
             "feature=\"x86_64\"",
             "--extern",
             &extern_abi,
-            crates.join("lazy-tscdeadline-guest/src/lib.rs").to_str().unwrap(),
+            crates
+                .join("lazy-tscdeadline-guest/src/lib.rs")
+                .to_str()
+                .unwrap(),
         ],
     );
     let script = format!("link-arg=-Wl,-T,{}", guest.join("link.ld").display());
@@ -111,5 +120,8 @@ fn main() {
         ],
     );
     let len = std::fs::metadata(&image).unwrap().len();
-    assert!(len > 0 && len < 0xf0_0000, "unexpected guest image size {len}");
+    assert!(
+        len > 0 && len < 0xf0_0000,
+        "unexpected guest image size {len}"
+    );
 }

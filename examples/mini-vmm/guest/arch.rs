@@ -189,7 +189,9 @@ const EMPTY_GATE: Gate = Gate {
 };
 
 /// One IDT per vCPU: each is written only by its own vCPU before `lidt`.
-#[repr(C, align(16))]
+/// Page-aligned (each IDT is exactly one page) so that no other data shares
+/// a page with an IDT: a hypervisor may write-protect descriptor tables.
+#[repr(C, align(4096))]
 struct Idts([[Gate; 256]; crate::layout::MAX_CPUS]);
 
 static mut IDTS: Idts = Idts([[EMPTY_GATE; 256]; crate::layout::MAX_CPUS]);

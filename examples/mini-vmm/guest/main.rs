@@ -55,15 +55,19 @@ const CPU_STATE_INIT: CpuState = CpuState {
     samples: AtomicU64::new(0),
 };
 
-static STATES: [CpuState; MAX_CPUS] = [CPU_STATE_INIT; MAX_CPUS];
+/// Page-aligned wrapper keeping hot data off pages shared with other data.
+#[repr(C, align(4096))]
+struct PageAligned<T>(T);
+
+static STATES: PageAligned<[CpuState; MAX_CPUS]> = PageAligned([CPU_STATE_INIT; MAX_CPUS]);
 
 /// The per-vCPU structs registered with the host in lazy mode.
-static mut LAZY: [LazyTscDeadline; MAX_CPUS] = [LazyTscDeadline {
+static mut LAZY: PageAligned<[LazyTscDeadline; MAX_CPUS]> = PageAligned([LazyTscDeadline {
     armed: 0,
     pending: 0,
     flags: 0,
     pad: [0; 11],
-}; MAX_CPUS];
+}; MAX_CPUS]);
 
 /// Entry point of every vCPU (placed first in the image by the linker
 /// script).
@@ -167,7 +171,7 @@ fn lazy_advertised() -> bool {
 }
 
 fn run(cpu: usize, p: &Params) {
-    let state = &STATES[cpu];
+    let state = &STATES.0[cpu];
     let mut setter = DeadlineSetter::new(X86Msr);
     if p.mode == MODE_LAZY {
         if !lazy_advertised() {
@@ -178,7 +182,7 @@ fn run(cpu: usize, p: &Params) {
         // SAFETY: `LAZY[cpu]` is a static, 64-byte aligned struct used by
         // this vCPU only, and from now on only through the atomics of
         // `AtomicSharedFields` (and by the host).
-        let area = unsafe { addr_of_mut!(LAZY[cpu]) };
+        let area = unsafe { addr_of_mut!(LAZY.0[cpu]) };
         // SAFETY: as above.
         let shared = unsafe { AtomicSharedFields::new(area) };
         shared.reset();
@@ -243,7 +247,7 @@ fn cpu_from_stack(sp: u64) -> usize {
 
 fn on_timer(cpu: usize) {
     let now = rdtsc();
-    let st = &STATES[cpu];
+    let st = &STATES.0[cpu];
     let current = st.current.load(Relaxed);
     if current != 0 && now >= current {
         st.current.store(0, Relaxed);
@@ -276,7 +280,7 @@ extern "C" fn isr_dispatch(frame: &mut arch::Frame) {
             arch::eoi();
         }
         arch::WAKE_VECTOR => {
-            STATES[cpu].wakes.fetch_add(1, Relaxed);
+            STATES.0[cpu].wakes.fetch_add(1, Relaxed);
             arch::eoi();
         }
         arch::SPURIOUS_VECTOR => {}

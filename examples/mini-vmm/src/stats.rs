@@ -38,13 +38,17 @@ impl VcpuStats {
         // descriptor (or -1); the vCPU fd is valid for the call.
         let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD) };
         if fd < 0 {
-            return Err(format!("KVM_GET_STATS_FD: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "KVM_GET_STATS_FD: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: `fd` was just returned by the kernel and is owned by no
         // one else.
         let file = unsafe { File::from_raw_fd(fd) };
         let mut header = [0u8; 24];
-        file.read_exact_at(&mut header, 0).map_err(|e| format!("reading KVM stats header: {e}"))?;
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| format!("reading KVM stats header: {e}"))?;
         let name_size = u32_at(&header, 4) as usize;
         let num_desc = u32_at(&header, 8) as usize;
         let desc_offset = u64::from(u32_at(&header, 16));
@@ -68,7 +72,11 @@ impl VcpuStats {
                 })
             })
             .collect();
-        Ok(VcpuStats { file, data_offset, descs })
+        Ok(VcpuStats {
+            file,
+            data_offset,
+            descs,
+        })
     }
 
     /// Current values of all single-valued cumulative statistics.

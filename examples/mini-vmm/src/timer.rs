@@ -65,7 +65,10 @@ impl FdTimer {
             flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
         };
         if !ok {
-            return Err(format!("fcntl(timerfd): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "fcntl(timerfd): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(FdTimer { fd, tsc_khz })
     }
@@ -151,11 +154,18 @@ pub struct TimerThread {
 impl TimerThread {
     /// Starts the thread over `timers` (index = vCPU index; empty in kernel
     /// mode, where only the watchdog runs).
-    pub fn spawn(timers: Vec<(RawFd, Arc<Mutex<Timer>>)>, watchdog: Watchdog) -> Result<Self, String> {
+    pub fn spawn(
+        timers: Vec<(RawFd, Arc<Mutex<Timer>>)>,
+        watchdog: Watchdog,
+    ) -> Result<Self, String> {
         let epoll = Epoll::new().map_err(|e| format!("epoll_create: {e}"))?;
         for (i, (fd, _)) in timers.iter().enumerate() {
             epoll
-                .ctl(ControlOperation::Add, *fd, EpollEvent::new(EventSet::IN, i as u64))
+                .ctl(
+                    ControlOperation::Add,
+                    *fd,
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
                 .map_err(|e| format!("epoll_ctl: {e}"))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -170,7 +180,9 @@ impl TimerThread {
     /// Stops the thread and waits for it.
     pub fn stop(self) -> Result<(), String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().map_err(|_| "the timer thread panicked".to_string())?
+        self.handle
+            .join()
+            .map_err(|_| "the timer thread panicked".to_string())?
     }
 }
 

@@ -2,6 +2,7 @@
 //! run loop with the MSR exits of eager and lazy modes.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -35,6 +36,10 @@ pub const DATA_SELECTOR: u16 = 0x10;
 pub const TSS_SELECTOR: u16 = 0x18;
 /// LVT timer register offset in the LAPIC page.
 const APIC_LVTT: usize = 0x320;
+/// `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`.
+const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_aee1;
+/// `_IOW(KVMIO, 0xe3, struct kvm_device_attr)`.
+const KVM_HAS_DEVICE_ATTR: libc::c_ulong = 0x4018_aee3;
 /// `IA32_TSC`.
 const MSR_IA32_TSC: u32 = 0x10;
 
@@ -42,9 +47,12 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// its own stack and TSS, sets its CPUID, makes its TSC equal to the host's,
 /// and makes it runnable.
 pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Result<(), String> {
-    vcpu.set_cpuid2(cpuid).map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+    vcpu.set_cpuid2(cpuid)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
 
-    let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
     let code = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -84,14 +92,16 @@ pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Re
     sregs.cr3 = PML4_GPA;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.efer = EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
 
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
 
     let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
     regs.rip = IMAGE_GPA;
@@ -99,14 +109,17 @@ pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Re
     regs.rsp = STACKS_GPA + u64::from(index + 1) * STACK_STRIDE - 8;
     regs.rdi = u64::from(index);
     regs.rflags = 2;
-    vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+    vcpu.set_regs(&regs)
+        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
 
     set_tsc_offset_zero(vcpu)?;
 
     if index != 0 {
         // APs start directly in 64-bit mode: no INIT/SIPI.
-        vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })
-            .map_err(|e| format!("KVM_SET_MP_STATE: {e}"))?;
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(|e| format!("KVM_SET_MP_STATE: {e}"))?;
     }
     Ok(())
 }
@@ -121,18 +134,33 @@ fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), String> {
         addr: &offset as *const u64 as u64,
         flags: 0,
     };
-    vcpu.has_device_attr(&attr).map_err(|e| {
-        format!("KVM lacks the KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET vCPU attribute ({e}); cannot make guest TSC == host TSC")
-    })?;
-    vcpu.set_device_attr(&attr)
-        .map_err(|e| format!("setting KVM_VCPU_TSC_OFFSET to 0: {e}"))?;
+    // kvm-ioctls 0.25 only offers VcpuFd::{has,set}_device_attr on
+    // aarch64, so issue the two ioctls directly.
+    for (request, what) in [
+        (KVM_HAS_DEVICE_ATTR, "KVM_HAS_DEVICE_ATTR"),
+        (KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR"),
+    ] {
+        // SAFETY: both ioctls read a `kvm_device_attr` we own; for
+        // KVM_SET_DEVICE_ATTR the kernel also reads the u64 at `attr.addr`,
+        // which lives until the end of this function.
+        let ret =
+            unsafe { libc::ioctl(vcpu.as_raw_fd(), request, &attr as *const kvm_device_attr) };
+        if ret != 0 {
+            return Err(format!(
+                "KVM lacks the KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET vCPU attribute ({what}: {}); \
+                 cannot make guest TSC == host TSC",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_TSC,
         ..Default::default()
     }])
     .map_err(|e| format!("{e:?}"))?;
     let before = rdtsc();
-    vcpu.get_msrs(&mut msrs).map_err(|e| format!("KVM_GET_MSRS(IA32_TSC): {e}"))?;
+    vcpu.get_msrs(&mut msrs)
+        .map_err(|e| format!("KVM_GET_MSRS(IA32_TSC): {e}"))?;
     let after = rdtsc();
     let guest = msrs.as_slice()[0].data;
     if guest < before || guest > after {
@@ -195,11 +223,10 @@ pub fn run(
         // MSR writes to the emulated timer need KVM_GET_LAPIC, which cannot
         // be called while the exit (borrowing the vCPU) is alive: decode
         // first, handle after.
-        let pending_write: Option<(u32, u64)>;
+        let mut pending_write: Option<(u32, u64)> = None;
         match vcpu.run() {
             Ok(exit) => {
                 exits.total += 1;
-                pending_write = None;
                 match exit {
                     VcpuExit::IoOut(port, data) => {
                         let value = data.first().copied().unwrap_or(0);
@@ -224,7 +251,8 @@ pub fn run(
                                     (Some(a), Some(b)) => Some(
                                         b.into_iter()
                                             .map(|(k, v)| {
-                                                let d = v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
+                                                let d =
+                                                    v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
                                                 (k, d)
                                             })
                                             .collect(),
@@ -239,17 +267,27 @@ pub fn run(
                                 });
                             }
                             PORT_FAULT => {
-                                return Err(fault_message(index, &format!("guest fault reported (cpu byte {value})")))
+                                return Err(fault_message(
+                                    index,
+                                    &format!("guest fault reported (cpu byte {value})"),
+                                ))
                             }
-                            _ => return Err(fault_message(index, &format!("unexpected port write {port:#x}"))),
+                            _ => {
+                                return Err(fault_message(
+                                    index,
+                                    &format!("unexpected port write {port:#x}"),
+                                ))
+                            }
                         }
                     }
                     VcpuExit::X86Rdmsr(exit) => {
                         exits.msr_reads += 1;
                         let result = match &timer {
-                            Some(t) if Timer::handles_msr(exit.index) => {
-                                t.lock().unwrap().read_msr(exit.index).map_err(|e| e.to_string())
-                            }
+                            Some(t) if Timer::handles_msr(exit.index) => t
+                                .lock()
+                                .unwrap()
+                                .read_msr(exit.index)
+                                .map_err(|e| e.to_string()),
                             _ => Err(format!("unexpected RDMSR {:#x}", exit.index)),
                         };
                         match result {
@@ -292,7 +330,9 @@ pub fn run(
                     VcpuExit::InternalError => {
                         return Err(fault_message(index, "KVM_EXIT_INTERNAL_ERROR"))
                     }
-                    other => return Err(fault_message(index, &format!("unexpected exit {other:?}"))),
+                    other => {
+                        return Err(fault_message(index, &format!("unexpected exit {other:?}")))
+                    }
                 }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -303,9 +343,13 @@ pub fn run(
         }
         if let (Some((msr, value)), Some(t)) = (pending_write, &timer) {
             let lvt = if msr == MSR_IA32_TSC_DEADLINE {
-                let lapic = vcpu.get_lapic().map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
+                let lapic = vcpu
+                    .get_lapic()
+                    .map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
                 let r = &lapic.regs[APIC_LVTT..APIC_LVTT + 4];
-                Some(u32::from_le_bytes([r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8]))
+                Some(u32::from_le_bytes([
+                    r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8,
+                ]))
             } else {
                 None
             };
@@ -319,12 +363,11 @@ pub fn run(
             if result.is_err() {
                 exits.gp_injected += 1;
                 let run = vcpu.get_kvm_run();
-                // SAFETY: the last exit was KVM_EXIT_X86_WRMSR, so `msr` is
-                // the active member of the exit union; setting `error`
-                // makes KVM inject #GP on the next KVM_RUN.
-                unsafe { run.__bindgen_anon_1.msr.error = 1 };
+                // The last exit was KVM_EXIT_X86_WRMSR, so `msr` is the
+                // active member of the exit union; setting `error` makes KVM
+                // inject #GP on the next KVM_RUN.
+                run.__bindgen_anon_1.msr.error = 1;
             }
         }
-        let _ = rdtsc;
     }
 }

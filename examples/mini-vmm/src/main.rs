@@ -1,0 +1,136 @@
+//! `mini-vmm`: runs a small Rust guest under KVM to measure the lazy TSC
+//! deadline protocol against eager userspace emulation and KVM's in-kernel
+//! LAPIC timer.
+//!
+//! ```text
+//! mini-vmm [run] [--mode kernel|eager|lazy] [options]
+//! mini-vmm compare [options]
+//! options: --requests N --depth N --timeout-us N --seed N --vcpus N
+//!          --early-per-mille N --cancel-one-in N --json
+//! ```
+//! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
+//! (including a missing /dev/kvm or KVM capability).
+
+#[path = "../guest/layout.rs"]
+#[allow(dead_code)]
+mod layout;
+mod report;
+mod stats;
+mod timer;
+mod vcpu;
+mod vm;
+
+use std::process::ExitCode;
+
+use report::ModeReport;
+use vm::{Mode, Workload};
+
+struct Args {
+    compare: bool,
+    mode: Mode,
+    json: bool,
+    workload: Workload,
+}
+
+const USAGE: &str =
+    "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy] [--requests N] [--depth N] \
+[--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        compare: false,
+        mode: Mode::Lazy,
+        json: false,
+        workload: Workload {
+            requests: 1000,
+            depth: 64,
+            timeout_us: 1000,
+            seed: 1,
+            vcpus: 2,
+            early_per_mille: 10,
+            cancel_one_in: 8,
+        },
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match arg.as_str() {
+            "compare" => a.compare = true,
+            "run" => a.compare = false,
+            "--json" => a.json = true,
+            "--mode" => {
+                let v = it.next().ok_or("--mode needs a value")?;
+                a.mode = Mode::parse(&v).ok_or_else(|| format!("unknown mode {v}"))?;
+            }
+            "--requests" => a.workload.requests = num("--requests")?,
+            "--depth" => a.workload.depth = num("--depth")?,
+            "--timeout-us" => a.workload.timeout_us = num("--timeout-us")?.max(1),
+            "--seed" => a.workload.seed = num("--seed")?,
+            "--vcpus" => {
+                a.workload.vcpus = u32::try_from(num("--vcpus")?).map_err(|e| e.to_string())?
+            }
+            "--early-per-mille" => a.workload.early_per_mille = num("--early-per-mille")?,
+            "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?.max(1),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let modes: Vec<Mode> = if args.compare {
+        Mode::ALL.to_vec()
+    } else {
+        vec![args.mode]
+    };
+    let mut reports = Vec::new();
+    for mode in modes {
+        match vm::run(mode, &args.workload) {
+            Ok(run) => {
+                if std::env::var_os("MINI_VMM_DUMP_STATS").is_some() {
+                    for v in &run.vcpus {
+                        eprintln!(
+                            "{mode} vCPU {}: userspace {:?}, KVM stats {:?}",
+                            v.index, v.exits, v.kvm_stats
+                        );
+                    }
+                }
+                reports.push(ModeReport::from_run(&run))
+            }
+            Err(e) => {
+                eprintln!("mini-vmm: error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", report::to_json(&reports));
+    } else {
+        let w = &args.workload;
+        println!(
+            "workload: {} vCPUs x {} requests, depth {}, timeout {} us, seed {}, early {}/1000, cancel 1/{}\n",
+            w.vcpus, w.requests, w.depth, w.timeout_us, w.seed, w.early_per_mille, w.cancel_one_in
+        );
+        print!("{}", report::to_table(&reports));
+    }
+    let violations: Vec<String> = reports.iter().flat_map(ModeReport::violations).collect();
+    if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for v in &violations {
+            eprintln!("mini-vmm: protocol violation: {v}");
+        }
+        ExitCode::from(1)
+    }
+}

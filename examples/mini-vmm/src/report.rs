@@ -1,0 +1,303 @@
+//! Turning the runs into numbers: the comparison table, ratios, JSON, and
+//! the protocol checks that decide the exit status.
+
+use serde_json::{json, Value};
+
+use crate::vm::{Mode, ModeRun};
+
+/// The figures of one mode. `None` means "not measurable in this mode",
+/// never zero.
+#[derive(Clone, Debug)]
+pub struct ModeReport {
+    /// The mode.
+    pub mode: Mode,
+    /// VM exits of all kinds, from KVM's vCPU statistics (`exits`).
+    pub total_exits: Option<u64>,
+    /// Returns from KVM_RUN to the VMM.
+    pub userspace_exits: u64,
+    /// MSR-write exits (to userspace; KVM keeps no per-MSR statistic).
+    pub msr_write_exits: Option<u64>,
+    /// IA32_TSC_DEADLINE write exits seen by the VMM.
+    pub tsc_deadline_exits: Option<u64>,
+    /// Timer interrupts that completed a wait.
+    pub timer_interrupts: u64,
+    /// Interrupts for deadlines replaced after they passed (benign race).
+    pub stale_interrupts: u64,
+    /// `set_next_deadline` calls.
+    pub deadline_writes: u64,
+    /// Writes the protocol had to trap.
+    pub necessary_traps: u64,
+    /// Requests awaited / cancelled.
+    pub waits: u64,
+    /// Requests cancelled.
+    pub cancels: u64,
+    /// Protocol violations.
+    pub missed: u64,
+    /// Interrupts before the deadline.
+    pub early: u64,
+    /// Interrupts with nothing armed.
+    pub spurious: u64,
+    /// Lateness p50/p99/max in microseconds.
+    pub lateness_us: Option<[f64; 3]>,
+    /// Guest TSC cycles per `set_next_deadline`.
+    pub cycles_per_write: f64,
+    /// Wall time of the workload in seconds.
+    pub wall_s: f64,
+    /// Host timer: re-arms without interrupt / injections (eager, lazy).
+    pub host_rearms: Option<u64>,
+    /// Host timer injections.
+    pub host_injections: Option<u64>,
+    /// KVM statistics whose name mentions MSRs (summed over vCPUs).
+    pub kvm_msr_stats: Vec<(String, u64)>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl ModeReport {
+    /// Summarises one run.
+    pub fn from_run(run: &ModeRun) -> Self {
+        let sum = |f: fn(&crate::layout::Results) -> u64| run.results.iter().map(f).sum::<u64>();
+        let userspace = matches!(run.mode, Mode::Eager | Mode::Lazy);
+        let total_exits = run
+            .vcpus
+            .iter()
+            .map(|v| v.kvm_stats.as_ref().and_then(|s| s.get("exits").copied()))
+            .sum::<Option<u64>>();
+        let mut kvm_msr_stats: Vec<(String, u64)> = Vec::new();
+        for v in &run.vcpus {
+            for (k, val) in v.kvm_stats.iter().flatten() {
+                if k.contains("msr") {
+                    match kvm_msr_stats.iter_mut().find(|(n, _)| n == k) {
+                        Some((_, acc)) => *acc += val,
+                        None => kvm_msr_stats.push((k.clone(), *val)),
+                    }
+                }
+            }
+        }
+        let mut samples = run.lateness_cycles.clone();
+        samples.sort_unstable();
+        let to_us = |c: u64| c as f64 * 1000.0 / run.tsc_khz as f64;
+        let lateness_us = (!samples.is_empty()).then(|| {
+            [
+                to_us(percentile(&samples, 0.50)),
+                to_us(percentile(&samples, 0.99)),
+                to_us(*samples.last().unwrap()),
+            ]
+        });
+        let writes = sum(|r| r.deadline_writes);
+        ModeReport {
+            mode: run.mode,
+            total_exits,
+            userspace_exits: run.vcpus.iter().map(|v| v.exits.total).sum(),
+            msr_write_exits: userspace.then(|| run.vcpus.iter().map(|v| v.exits.msr_writes).sum()),
+            tsc_deadline_exits: userspace
+                .then(|| run.vcpus.iter().map(|v| v.exits.tsc_deadline_writes).sum()),
+            timer_interrupts: sum(|r| r.timer_interrupts),
+            stale_interrupts: sum(|r| r.stale_interrupts),
+            deadline_writes: writes,
+            necessary_traps: sum(|r| r.necessary_traps),
+            waits: sum(|r| r.waits),
+            cancels: sum(|r| r.cancels),
+            missed: sum(|r| r.missed),
+            early: sum(|r| r.early),
+            spurious: sum(|r| r.spurious),
+            lateness_us,
+            cycles_per_write: sum(|r| r.write_cycles) as f64 / writes.max(1) as f64,
+            wall_s: run.wall.as_secs_f64(),
+            host_rearms: run.host_counters.map(|c| c.rearms),
+            host_injections: run.host_counters.map(|c| c.injections),
+            kvm_msr_stats,
+        }
+    }
+
+    /// Protocol violations and measurement inconsistencies of this mode.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (n, what) in [
+            (self.missed, "missed"),
+            (self.early, "early"),
+            (self.spurious, "spurious"),
+        ] {
+            if n > 0 {
+                v.push(format!("{}: {n} {what} timer interrupt(s)", self.mode));
+            }
+        }
+        if self.timer_interrupts + self.missed != self.waits {
+            v.push(format!(
+                "{}: {} waits but {} completing interrupts and {} misses",
+                self.mode, self.waits, self.timer_interrupts, self.missed
+            ));
+        }
+        if let Some(exits) = self.tsc_deadline_exits {
+            if exits != self.necessary_traps {
+                v.push(format!(
+                    "{}: {exits} IA32_TSC_DEADLINE exits but the guest made {} necessary traps",
+                    self.mode, self.necessary_traps
+                ));
+            }
+        }
+        v
+    }
+
+    fn json(&self) -> Value {
+        let lat = |i: usize| self.lateness_us.map(|l| l[i]);
+        json!({
+            "mode": self.mode.to_string(),
+            "tsc_deadline_exits": self.tsc_deadline_exits,
+            "msr_write_exits": self.msr_write_exits,
+            "total_exits": self.total_exits,
+            "userspace_exits": self.userspace_exits,
+            "timer_interrupts": self.timer_interrupts,
+            "stale_interrupts": self.stale_interrupts,
+            "deadline_writes": self.deadline_writes,
+            "necessary_traps": self.necessary_traps,
+            "waits": self.waits,
+            "cancels": self.cancels,
+            "missed": self.missed,
+            "early": self.early,
+            "spurious": self.spurious,
+            "lateness_us_p50": lat(0),
+            "lateness_us_p99": lat(1),
+            "lateness_us_max": lat(2),
+            "cycles_per_write": self.cycles_per_write,
+            "wall_s": self.wall_s,
+            "host_rearms": self.host_rearms,
+            "host_injections": self.host_injections,
+        })
+    }
+}
+
+/// `{"modes": [...]}`.
+pub fn to_json(reports: &[ModeReport]) -> String {
+    let modes: Vec<Value> = reports.iter().map(ModeReport::json).collect();
+    serde_json::to_string_pretty(&json!({ "modes": modes })).unwrap()
+}
+
+fn opt(v: Option<u64>, why: &str) -> String {
+    v.map_or_else(|| why.to_string(), |v| v.to_string())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.4}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+/// The human-readable table, one column per mode, then the ratios.
+pub fn to_table(reports: &[ModeReport]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |label: &str, f: &dyn Fn(&ModeReport) -> String| {
+        rows.push((label.to_string(), reports.iter().map(f).collect()));
+    };
+    row("VM exits total (KVM stats)", &|r| {
+        opt(r.total_exits, "n/a[1]")
+    });
+    row("exits to VMM (KVM_RUN returns)", &|r| {
+        r.userspace_exits.to_string()
+    });
+    row("MSR-write exits", &|r| opt(r.msr_write_exits, "n/a[2]"));
+    row("TSC-deadline MSR-write exits", &|r| {
+        opt(r.tsc_deadline_exits, "n/a[2]")
+    });
+    row("timer interrupts (waits done)", &|r| {
+        r.timer_interrupts.to_string()
+    });
+    row("  stale interrupts [3]", &|r| {
+        r.stale_interrupts.to_string()
+    });
+    row("deadline writes", &|r| r.deadline_writes.to_string());
+    row("necessary traps", &|r| r.necessary_traps.to_string());
+    row("waits / cancels", &|r| format!("{}/{}", r.waits, r.cancels));
+    row("missed/early/spurious", &|r| {
+        format!("{}/{}/{}", r.missed, r.early, r.spurious)
+    });
+    let lat = |i: usize| {
+        move |r: &ModeReport| {
+            r.lateness_us
+                .map_or("n/a".into(), |l| format!("{:.1}", l[i]))
+        }
+    };
+    row("lateness p50 (us)", &lat(0));
+    row("lateness p99 (us)", &lat(1));
+    row("lateness max (us)", &lat(2));
+    row("guest cycles per deadline write", &|r| {
+        format!("{:.0}", r.cycles_per_write)
+    });
+    row(
+        "host re-arms / injections",
+        &|r| match (r.host_rearms, r.host_injections) {
+            (Some(a), Some(b)) => format!("{a}/{b}"),
+            _ => "n/a (kernel)".into(),
+        },
+    );
+    row("wall time (s)", &|r| format!("{:.2}", r.wall_s));
+
+    let mut out = String::new();
+    out.push_str(&format!("{:<34}", "mode"));
+    for r in reports {
+        out.push_str(&format!("{:>16}", r.mode.to_string()));
+    }
+    out.push('\n');
+    for (label, cells) in rows {
+        out.push_str(&format!("{label:<34}"));
+        for c in cells {
+            out.push_str(&format!("{c:>16}"));
+        }
+        out.push('\n');
+    }
+
+    let find = |m: Mode| reports.iter().find(|r| r.mode == m);
+    if let Some(lazy) = find(Mode::Lazy) {
+        out.push('\n');
+        for base in [find(Mode::Eager), find(Mode::Kernel)]
+            .into_iter()
+            .flatten()
+        {
+            let b = base.mode;
+            out.push_str(&format!(
+                "lazy/{b}: total exits {}, TSC-deadline exits {}, cycles per write {}\n",
+                ratio(
+                    lazy.total_exits.map(|v| v as f64),
+                    base.total_exits.map(|v| v as f64)
+                ),
+                ratio(
+                    lazy.tsc_deadline_exits.map(|v| v as f64),
+                    base.tsc_deadline_exits.map(|v| v as f64)
+                ),
+                ratio(Some(lazy.cycles_per_write), Some(base.cycles_per_write)),
+            ));
+        }
+    }
+    out.push_str("\n[1] KVM_GET_STATS_FD unavailable.\n");
+    out.push_str(
+        "[2] kernel mode: IA32_TSC_DEADLINE is handled inside KVM, which keeps no per-MSR exit statistic;\n    \
+         every write is intercepted, so these exits are at least the deadline writes, but they are not measured.\n",
+    );
+    out.push_str(
+        "[3] interrupts for a deadline that expired while interrupts were off and was then replaced\n    \
+         (benign in every mode; not counted as early/spurious).\n",
+    );
+    let msr_stats: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.kvm_msr_stats.is_empty())
+        .map(|r| {
+            let s: Vec<String> = r
+                .kvm_msr_stats
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{}: {}", r.mode, s.join(", "))
+        })
+        .collect();
+    if !msr_stats.is_empty() {
+        out.push_str(&format!(
+            "KVM MSR-related stats: {}\n",
+            msr_stats.join("; ")
+        ));
+    }
+    out
+}

@@ -1,0 +1,492 @@
+//! The VM: capability checks, guest memory and its initial contents (image,
+//! page tables, GDT, TSSs, parameters), CPUID, the MSR filter, and one run
+//! of the workload in one mode.
+
+use std::fmt;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{
+    Cap, Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd,
+};
+use lazy_tscdeadline_abi::{
+    KVM_CPUID_FEATURES, KVM_FEATURE_LAZY_TSCDEADLINE, MSR_IA32_TSC_DEADLINE,
+    MSR_KVM_LAZY_TSCDEADLINE,
+};
+use lazy_tscdeadline_host::{Config, Counters};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::layout::*;
+use crate::timer::{FdTimer, MsiSink, Timer, TimerThread, TscClock, Watchdog};
+use crate::vcpu::{self, VcpuOutcome};
+
+/// The guest program, built by `build.rs`.
+static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest/guest.bin"));
+
+/// How IA32_TSC_DEADLINE is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// KVM's in-kernel LAPIC timer (no MSR filter).
+    Kernel,
+    /// Every write exits to userspace and is emulated by the host crate.
+    Eager,
+    /// As eager, plus the paravirtual lazy protocol.
+    Lazy,
+}
+
+impl Mode {
+    /// All modes, in table order.
+    pub const ALL: [Mode; 3] = [Mode::Kernel, Mode::Eager, Mode::Lazy];
+
+    /// Parses a `--mode` value.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "kernel" => Some(Mode::Kernel),
+            "eager" => Some(Mode::Eager),
+            "lazy" => Some(Mode::Lazy),
+            _ => None,
+        }
+    }
+
+    fn guest_mode(self) -> u64 {
+        match self {
+            Mode::Kernel => MODE_KERNEL,
+            Mode::Eager => MODE_EAGER,
+            Mode::Lazy => MODE_LAZY,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Kernel => "kernel",
+            Mode::Eager => "eager",
+            Mode::Lazy => "lazy",
+        })
+    }
+}
+
+/// The seeded workload every vCPU runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// Requests per vCPU.
+    pub requests: u64,
+    /// Pushes per request.
+    pub depth: u64,
+    /// Request timeout.
+    pub timeout_us: u64,
+    /// Seed.
+    pub seed: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Per-mille of pushes that move the deadline earlier.
+    pub early_per_mille: u64,
+    /// One request in this many is cancelled.
+    pub cancel_one_in: u64,
+}
+
+/// Everything measured in one mode.
+#[derive(Debug)]
+pub struct ModeRun {
+    /// The mode.
+    pub mode: Mode,
+    /// Guest TSC frequency.
+    pub tsc_khz: u64,
+    /// Per-vCPU VMM-side outcome, by index.
+    pub vcpus: Vec<VcpuOutcome>,
+    /// Per-vCPU guest results, by index.
+    pub results: Vec<Results>,
+    /// Lateness samples of all vCPUs, in guest TSC cycles.
+    pub lateness_cycles: Vec<u64>,
+    /// Host timer counters summed over vCPUs (eager and lazy only).
+    pub host_counters: Option<Counters>,
+    /// From the first vCPU's start to the last one's DONE.
+    pub wall: Duration,
+}
+
+/// A guest that runs longer than this is considered hung.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// Waits longer than this past their deadline count as missed.
+const MISS_BOUND_MS: u64 = 200;
+
+fn check_caps(kvm: &Kvm, mode: Mode) -> Result<(), String> {
+    let mut needed = vec![
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+        (Cap::GetTscKhz, "KVM_CAP_GET_TSC_KHZ"),
+        (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    ];
+    if mode != Mode::Kernel {
+        needed.push((Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR"));
+        needed.push((Cap::X86MsrFilter, "KVM_CAP_X86_MSR_FILTER"));
+    }
+    for (cap, name) in needed {
+        if !kvm.check_extension(cap) {
+            return Err(format!("/dev/kvm lacks {name}, needed for {mode} mode"));
+        }
+    }
+    Ok(())
+}
+
+/// The CPUID of vCPU `index`: KVM's supported set plus TSC-deadline and
+/// x2APIC, the KVM signature leaf, and the lazy bit only in lazy mode.
+fn cpuid_for(kvm: &Kvm, mode: Mode, index: u32) -> Result<kvm_bindings::CpuId, String> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
+    let mut have_sig = false;
+    let mut have_features = false;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ecx |= (1 << 24) | (1 << 21); // TSC-deadline, x2APIC
+                e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24);
+            }
+            0xb | 0x1f => e.edx = index,
+            0x4000_0000 => {
+                have_sig = true;
+                e.eax = e.eax.max(KVM_CPUID_FEATURES);
+                (e.ebx, e.ecx, e.edx) = (sig(b"KVMK"), sig(b"VMKV"), sig(b"M\0\0\0"));
+            }
+            KVM_CPUID_FEATURES => {
+                have_features = true;
+                set_lazy_bit(e, mode);
+            }
+            _ => {}
+        }
+    }
+    if !have_sig {
+        cpuid
+            .push(kvm_cpuid_entry2 {
+                function: 0x4000_0000,
+                eax: KVM_CPUID_FEATURES,
+                ebx: sig(b"KVMK"),
+                ecx: sig(b"VMKV"),
+                edx: sig(b"M\0\0\0"),
+                ..Default::default()
+            })
+            .map_err(|e| format!("CPUID: {e:?}"))?;
+    }
+    if !have_features {
+        let mut e = kvm_cpuid_entry2 {
+            function: KVM_CPUID_FEATURES,
+            ..Default::default()
+        };
+        set_lazy_bit(&mut e, mode);
+        cpuid.push(e).map_err(|e| format!("CPUID: {e:?}"))?;
+    }
+    Ok(cpuid)
+}
+
+fn set_lazy_bit(e: &mut kvm_cpuid_entry2, mode: Mode) {
+    let bit = 1 << KVM_FEATURE_LAZY_TSCDEADLINE;
+    if mode == Mode::Lazy {
+        e.eax |= bit;
+    } else {
+        e.eax &= !bit;
+    }
+}
+
+/// Denies reads and writes of the two timer MSRs so they exit to userspace
+/// (KVM_EXIT_X86_RDMSR/WRMSR with reason FILTER); everything else allowed.
+fn route_timer_msrs_to_userspace(vm: &VmFd) -> Result<(), String> {
+    let cap = kvm_enable_cap {
+        cap: Cap::X86UserSpaceMsr as u32,
+        args: [u64::from(MsrExitReason::Filter.bits()), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
+        .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
+    let deny = [0u8];
+    let range = |base| MsrFilterRange {
+        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+        base,
+        msr_count: 1,
+        bitmap: &deny,
+    };
+    vm.set_msr_filter(
+        MsrFilterDefaultAction::ALLOW,
+        &[
+            range(MSR_IA32_TSC_DEADLINE),
+            range(MSR_KVM_LAZY_TSCDEADLINE),
+        ],
+    )
+    .map_err(|e| format!("KVM_X86_SET_MSR_FILTER: {e}"))
+}
+
+fn mem_err(e: impl fmt::Display) -> String {
+    format!("writing guest memory: {e}")
+}
+
+/// Writes the image, identity page tables (first 1 GiB, 2 MiB pages), the
+/// GDT with one TSS per vCPU, the TSSs and the parameters. Returns the GDT
+/// limit.
+fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result<u16, String> {
+    if GUEST_IMAGE.len() as u64 > IMAGE_MAX {
+        return Err("guest image too large".into());
+    }
+    mem.write_slice(GUEST_IMAGE, GuestAddress(IMAGE_GPA))
+        .map_err(mem_err)?;
+
+    let pdpt = PML4_GPA + 0x1000;
+    let pd = PML4_GPA + 0x2000;
+    mem.write_obj(pdpt | 0x3, GuestAddress(PML4_GPA))
+        .map_err(mem_err)?;
+    mem.write_obj(pd | 0x3, GuestAddress(pdpt))
+        .map_err(mem_err)?;
+    for i in 0..512u64 {
+        // present, writable, 2 MiB page
+        mem.write_obj((i << 21) | 0x83, GuestAddress(pd + i * 8))
+            .map_err(mem_err)?;
+    }
+
+    let mut gdt: Vec<u64> = vec![0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    for i in 0..u64::from(vcpus) {
+        let base = TSS_GPA + i * TSS_STRIDE;
+        let limit = 103u64;
+        gdt.push(
+            (limit & 0xffff)
+                | ((base & 0xff_ffff) << 16)
+                | (0x89 << 40)
+                | (((limit >> 16) & 0xf) << 48)
+                | (((base >> 24) & 0xff) << 56),
+        );
+        gdt.push(base >> 32);
+        // 64-bit TSS: IST1 at offset 0x24, I/O map base (none) at 0x66.
+        let ist_top = STACKS_GPA + i * STACK_STRIDE + IST_SIZE;
+        mem.write_obj(ist_top, GuestAddress(base + 0x24))
+            .map_err(mem_err)?;
+        mem.write_obj(104u16, GuestAddress(base + 0x66))
+            .map_err(mem_err)?;
+    }
+    for (i, d) in gdt.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(GDT_GPA + 8 * i as u64))
+            .map_err(mem_err)?;
+    }
+    // SAFETY: `Params` is repr(C), all u64, no padding: any bytes are valid.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (params as *const Params).cast::<u8>(),
+            std::mem::size_of::<Params>(),
+        )
+    };
+    mem.write_slice(bytes, GuestAddress(PARAMS_GPA))
+        .map_err(mem_err)?;
+    Ok((gdt.len() * 8 - 1) as u16)
+}
+
+fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, String> {
+    let mut r = Results::default();
+    // SAFETY: `Results` is repr(C), all u64, no padding: any bytes are valid.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut r as *mut Results).cast::<u8>(),
+            std::mem::size_of::<Results>(),
+        )
+    };
+    mem.read_slice(
+        bytes,
+        GuestAddress(RESULTS_GPA + u64::from(cpu) * RESULTS_STRIDE),
+    )
+    .map_err(|e| format!("reading guest results: {e}"))?;
+    Ok(r)
+}
+
+/// Opens /dev/kvm, or explains why it can't.
+pub fn open_kvm() -> Result<Kvm, String> {
+    Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))
+}
+
+/// Boots a fresh VM in `mode` and runs the workload on every vCPU.
+pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
+    if w.vcpus == 0 || w.vcpus as usize > MAX_CPUS {
+        return Err(format!("--vcpus must be 1..={MAX_CPUS}"));
+    }
+    if w.requests > SAMPLES_PER_CPU {
+        return Err(format!("--requests must be at most {SAMPLES_PER_CPU}"));
+    }
+    let kvm = open_kvm()?;
+    check_caps(&kvm, mode)?;
+    let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
+    vm.create_irq_chip()
+        .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+    if mode != Mode::Kernel {
+        route_timer_msrs_to_userspace(&vm)?;
+    }
+
+    let needed = SAMPLES_GPA + u64::from(w.vcpus) * SAMPLES_PER_CPU * 8;
+    let mem_size = needed.max(64 << 20).next_multiple_of(2 << 20);
+    let mem = Arc::new(
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+            .map_err(|e| format!("allocating guest memory: {e}"))?,
+    );
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| format!("guest memory: {e}"))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives
+        // the VM (both are dropped at the end of this function, `vm` after
+        // all vCPU threads have been joined or abandoned with the process).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+    }
+
+    let mut vcpus = Vec::new();
+    for i in 0..w.vcpus {
+        vcpus.push(
+            vm.create_vcpu(u64::from(i))
+                .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?,
+        );
+    }
+    let tsc_khz = u64::from(
+        vcpus[0]
+            .get_tsc_khz()
+            .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?,
+    );
+    let params = Params {
+        magic: PARAMS_MAGIC,
+        mode: mode.guest_mode(),
+        requests: w.requests,
+        depth: w.depth,
+        timeout_tsc: w.timeout_us * tsc_khz / 1000,
+        seed: w.seed,
+        early_per_mille: w.early_per_mille,
+        cancel_one_in: w.cancel_one_in,
+        miss_bound_tsc: MISS_BOUND_MS * tsc_khz,
+        vcpus: u64::from(w.vcpus),
+    };
+    let gdt_limit = write_boot_data(&mem, &params, w.vcpus)?;
+    for (i, v) in vcpus.iter().enumerate() {
+        vcpu::configure(v, i as u32, &cpuid_for(&kvm, mode, i as u32)?, gdt_limit)?;
+    }
+
+    let mut timers = Vec::new();
+    let mut fds = Vec::new();
+    if mode != Mode::Kernel {
+        for i in 0..w.vcpus {
+            let host_timer = FdTimer::new(tsc_khz)?;
+            let fd = host_timer.raw_fd();
+            let t = Timer::new(
+                mem.clone(),
+                host_timer,
+                TscClock,
+                MsiSink::new(vm.clone(), i),
+                Config {
+                    lazy_advertised: mode == Mode::Lazy,
+                },
+            );
+            let t = Arc::new(Mutex::new(t));
+            fds.push((fd, t.clone()));
+            timers.push(t);
+        }
+    }
+    let timer_thread = TimerThread::spawn(
+        fds,
+        Watchdog {
+            vm: vm.clone(),
+            mem: mem.clone(),
+            vcpus: w.vcpus,
+            bound_tsc: params.miss_bound_tsc,
+        },
+    )?;
+
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    for (i, v) in vcpus.into_iter().enumerate() {
+        let tx = tx.clone();
+        let timer = timers.get(i).cloned();
+        std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let r = vcpu::run(v, i as u32, mode, timer);
+                let _ = tx.send((i, r, Instant::now()));
+            })
+            .map_err(|e| format!("spawning vCPU thread: {e}"))?;
+    }
+    drop(tx);
+    let mut outcomes: Vec<Option<VcpuOutcome>> = (0..w.vcpus).map(|_| None).collect();
+    let mut last_done = start;
+    for _ in 0..w.vcpus {
+        let (i, r, at) = rx.recv_timeout(RUN_LIMIT).map_err(|_| {
+            format!("{mode} mode: the guest did not finish within {RUN_LIMIT:?} (hung vCPU)")
+        })?;
+        let outcome = r.map_err(|e| {
+            let detail = read_results(&mem, i as u32)
+                .map(|r| {
+                    format!(
+                        " [guest fault kind {} vector {} error {:#x} rip {:#x}]",
+                        r.fault_kind, r.fault_vector, r.fault_error, r.fault_rip
+                    )
+                })
+                .unwrap_or_default();
+            format!("{mode} mode: {e}{detail}")
+        })?;
+        outcomes[i] = Some(outcome);
+        last_done = last_done.max(at);
+    }
+    timer_thread.stop()?;
+    let wall = last_done - start;
+
+    let mut results = Vec::new();
+    let mut lateness_cycles = Vec::new();
+    for cpu in 0..w.vcpus {
+        let r = read_results(&mem, cpu)?;
+        if r.done != 1 {
+            return Err(format!(
+                "{mode} mode: vCPU {cpu} signalled done without results"
+            ));
+        }
+        let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
+        for s in 0..r.samples {
+            let v: u64 = mem
+                .read_obj(GuestAddress(base + s * 8))
+                .map_err(|e| format!("{e}"))?;
+            lateness_cycles.push(v);
+        }
+        results.push(r);
+    }
+    let host_counters = (!timers.is_empty()).then(|| {
+        timers.iter().fold(Counters::default(), |mut acc, t| {
+            let c = t.lock().unwrap().counters();
+            acc.trapped_writes += c.trapped_writes;
+            acc.rearms += c.rearms;
+            acc.injections += c.injections;
+            acc.clears += c.clears;
+            acc.early_expiries += c.early_expiries;
+            acc.stale_expiries += c.stale_expiries;
+            acc.kick_cancels += c.kick_cancels;
+            acc.kick_fallbacks += c.kick_fallbacks;
+            acc.registrations += c.registrations;
+            acc.rejected_registrations += c.rejected_registrations;
+            acc.ignored_writes += c.ignored_writes;
+            acc.memory_errors += c.memory_errors;
+            acc
+        })
+    });
+    Ok(ModeRun {
+        mode,
+        tsc_khz,
+        vcpus: outcomes.into_iter().map(|o| o.unwrap()).collect(),
+        results,
+        lateness_cycles,
+        host_counters,
+        wall,
+    })
+}

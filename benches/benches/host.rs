@@ -1,0 +1,99 @@
+//! Host event costs with no-op timer and interrupt plumbing (so the system
+//! calls a real VMM makes are excluded).
+
+use std::cell::Cell;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_host::{
+    Config, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, TscDeadlineTimer,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+struct NopTimer;
+impl HostTimer for NopTimer {
+    fn arm(&mut self, d: u64) {
+        black_box(d);
+    }
+    fn disarm(&mut self) {}
+}
+#[derive(Default)]
+struct Clock(Cell<u64>);
+impl GuestClock for Clock {
+    fn now(&self) -> u64 {
+        self.0.get()
+    }
+}
+struct NopIrq;
+impl InterruptSink for NopIrq {
+    fn inject(&mut self, v: u8) {
+        black_box(v);
+    }
+}
+
+const LVT: u32 = LvtTimer::tsc_deadline(0xec).raw();
+
+fn host(c: &mut Criterion) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let clock = Clock::default();
+    let mut t = TscDeadlineTimer::new(&mem, NopTimer, &clock, NopIrq, Config { lazy_advertised: true });
+    t.set_lvt_timer(LVT);
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    let mut g = c.benchmark_group("host_event");
+
+    let mut d = 1000u64;
+    g.bench_function("update", |b| {
+        b.iter(|| {
+            d += 1;
+            t.write_msr(MSR_IA32_TSC_DEADLINE, black_box(d)).unwrap();
+        })
+    });
+
+    // KICK needs a fresh armed deadline each time, so these measure one
+    // UPDATE plus the guest's store of `pending` plus one KICK; subtract
+    // `update` above for the KICK alone.
+    g.bench_function("update_kick_rearm", |b| {
+        b.iter(|| {
+            clock.0.set(0);
+            t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+            mem.write_obj(200u64, GuestAddress(0x1008)).unwrap();
+            clock.0.set(100);
+            assert_eq!(t.kick(), KickOutcome::Rearmed(200));
+        })
+    });
+    g.bench_function("update_kick_inject", |b| {
+        b.iter(|| {
+            clock.0.set(0);
+            t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+            mem.write_obj(100u64, GuestAddress(0x1008)).unwrap();
+            clock.0.set(100);
+            assert_eq!(t.kick(), KickOutcome::Injected);
+        })
+    });
+    // CLEAR by masking the LVT, with the re-arm it needs each time.
+    g.bench_function("update_clear_lvt_mask", |b| {
+        b.iter(|| {
+            clock.0.set(0);
+            t.set_lvt_timer(LVT);
+            t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+            t.set_lvt_timer(LVT | 1 << 16);
+        })
+    });
+    t.set_lvt_timer(LVT);
+    g.bench_function("registration", |b| {
+        b.iter(|| t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, black_box(0x1001)).unwrap())
+    });
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 1_000_000).unwrap();
+    g.bench_function("state", |b| b.iter(|| black_box(t.state())));
+    let state = t.state();
+    g.bench_function("from_state", |b| {
+        b.iter(|| {
+            TscDeadlineTimer::from_state(&mem, NopTimer, &clock, NopIrq, black_box(&state)).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, host);
+criterion_main!(benches);

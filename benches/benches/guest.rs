@@ -29,7 +29,10 @@ fn guest(c: &mut Criterion) {
     g.bench_function("lazy_set_next_deadline", |b| {
         b.iter(|| {
             t += 1;
-            assert_eq!(setter.set_next_deadline(black_box(t)), WriteOutcome::Deferred);
+            assert_eq!(
+                setter.set_next_deadline(black_box(t)),
+                WriteOutcome::Deferred
+            );
         })
     });
 

@@ -37,7 +37,15 @@ const LVT: u32 = LvtTimer::tsc_deadline(0xec).raw();
 fn host(c: &mut Criterion) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let clock = Clock::default();
-    let mut t = TscDeadlineTimer::new(&mem, NopTimer, &clock, NopIrq, Config { lazy_advertised: true });
+    let mut t = TscDeadlineTimer::new(
+        &mem,
+        NopTimer,
+        &clock,
+        NopIrq,
+        Config {
+            lazy_advertised: true,
+        },
+    );
     t.set_lvt_timer(LVT);
     t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
     let mut g = c.benchmark_group("host_event");
@@ -82,7 +90,10 @@ fn host(c: &mut Criterion) {
     });
     t.set_lvt_timer(LVT);
     g.bench_function("registration", |b| {
-        b.iter(|| t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, black_box(0x1001)).unwrap())
+        b.iter(|| {
+            t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, black_box(0x1001))
+                .unwrap()
+        })
     });
     t.write_msr(MSR_IA32_TSC_DEADLINE, 1_000_000).unwrap();
     g.bench_function("state", |b| b.iter(|| black_box(t.state())));

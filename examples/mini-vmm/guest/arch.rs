@@ -159,7 +159,10 @@ isr_table:
 );
 
 pub use crate::layout::{TIMER_VECTOR, WAKE_VECTOR};
-const _: () = assert!(TIMER_VECTOR == 236 && WAKE_VECTOR == 237, "update the ISR stubs");
+const _: () = assert!(
+    TIMER_VECTOR == 236 && WAKE_VECTOR == 237,
+    "update the ISR stubs"
+);
 
 extern "C" {
     static isr_table: [u64; 35];
@@ -272,7 +275,9 @@ pub fn eoi() {
 /// `out dx, eax`.
 pub fn outl(port: u16, value: u32) {
     // SAFETY: port I/O to the VMM's signalling ports has no memory effect.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Enables interrupts and halts until one arrives (atomically: `sti` takes

@@ -62,12 +62,14 @@ struct PageAligned<T>(T);
 static STATES: PageAligned<[CpuState; MAX_CPUS]> = PageAligned([CPU_STATE_INIT; MAX_CPUS]);
 
 /// The per-vCPU structs registered with the host in lazy mode.
-static mut LAZY: PageAligned<[LazyTscDeadline; MAX_CPUS]> = PageAligned([LazyTscDeadline {
-    armed: 0,
-    pending: 0,
-    flags: 0,
-    pad: [0; 11],
-}; MAX_CPUS]);
+static mut LAZY: PageAligned<[LazyTscDeadline; MAX_CPUS]> = PageAligned(
+    [LazyTscDeadline {
+        armed: 0,
+        pending: 0,
+        flags: 0,
+        pad: [0; 11],
+    }; MAX_CPUS],
+);
 
 /// Entry point of every vCPU (placed first in the image by the linker
 /// script).
@@ -199,7 +201,12 @@ fn run(cpu: usize, p: &Params) {
     X86Msr.write_msr(MSR_IA32_TSC_DEADLINE, 0);
     arch::outl(PORT_READY, cpu as u32);
 
-    let mut w = Workload { cpu, state, setter, write_cycles: 0 };
+    let mut w = Workload {
+        cpu,
+        state,
+        setter,
+        write_cycles: 0,
+    };
     let mut rng = XorShift::new(p.seed, cpu);
     let timeout = p.timeout_tsc.max(1);
     let (mut waits, mut cancels, mut missed) = (0u64, 0u64, 0u64);
@@ -211,7 +218,7 @@ fn run(cpu: usize, p: &Params) {
             let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
             w.set(d);
         }
-        if rng.next() % p.cancel_one_in.max(1) == 0 {
+        if rng.next().is_multiple_of(p.cancel_one_in.max(1)) {
             w.set(0);
             cancels += 1;
         } else {
@@ -235,7 +242,11 @@ fn run(cpu: usize, p: &Params) {
     report!(cpu, early, state.early.load(Relaxed));
     report!(cpu, spurious, state.spurious.load(Relaxed));
     report!(cpu, watchdog_wakes, state.wakes.load(Relaxed));
-    report!(cpu, samples, state.samples.load(Relaxed).min(SAMPLES_PER_CPU));
+    report!(
+        cpu,
+        samples,
+        state.samples.load(Relaxed).min(SAMPLES_PER_CPU)
+    );
     report!(cpu, done, 1);
 }
 

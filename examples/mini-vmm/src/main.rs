@@ -98,6 +98,7 @@ fn main() -> ExitCode {
     for mode in modes {
         match vm::run(mode, &args.workload) {
             Ok(run) => {
+                // Debugging aid: every KVM statistic of every vCPU.
                 if std::env::var_os("MINI_VMM_DUMP_STATS").is_some() {
                     for v in &run.vcpus {
                         eprintln!(

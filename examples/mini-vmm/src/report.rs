@@ -49,6 +49,11 @@ pub struct ModeReport {
     pub host_injections: Option<u64>,
     /// KVM statistics whose name mentions MSRs (summed over vCPUs).
     pub kvm_msr_stats: Vec<(String, u64)>,
+    /// Guest instructions KVM executed in its instruction emulator.
+    pub insn_emulation: Option<u64>,
+    /// IA32_TSC_DEADLINE write exits the VMM saw during boot (the probe
+    /// write that proves the MSR reaches userspace; eager and lazy only).
+    pub boot_probe_exits: Option<u64>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -61,11 +66,13 @@ impl ModeReport {
     pub fn from_run(run: &ModeRun) -> Self {
         let sum = |f: fn(&crate::layout::Results) -> u64| run.results.iter().map(f).sum::<u64>();
         let userspace = matches!(run.mode, Mode::Eager | Mode::Lazy);
-        let total_exits = run
-            .vcpus
-            .iter()
-            .map(|v| v.kvm_stats.as_ref().and_then(|s| s.get("exits").copied()))
-            .sum::<Option<u64>>();
+        let kvm_stat = |name: &str| {
+            run.vcpus
+                .iter()
+                .map(|v| v.kvm_stats.as_ref().and_then(|s| s.get(name).copied()))
+                .sum::<Option<u64>>()
+        };
+        let total_exits = kvm_stat("exits");
         let mut kvm_msr_stats: Vec<(String, u64)> = Vec::new();
         for v in &run.vcpus {
             for (k, val) in v.kvm_stats.iter().flatten() {
@@ -110,7 +117,18 @@ impl ModeReport {
             host_rearms: run.host_counters.map(|c| c.rearms),
             host_injections: run.host_counters.map(|c| c.injections),
             kvm_msr_stats,
+            insn_emulation: kvm_stat("insn_emulation"),
+            boot_probe_exits: userspace
+                .then(|| run.vcpus.iter().map(|v| v.boot_tsc_deadline_writes).sum()),
         }
+    }
+
+    /// Whether KVM ran the guest mostly in its instruction emulator (more
+    /// emulated instructions than deadline writes): cycle figures then
+    /// reflect emulation, not hardware.
+    pub fn emulated(&self) -> bool {
+        self.insn_emulation
+            .is_some_and(|n| n > self.deadline_writes)
     }
 
     /// Protocol violations and measurement inconsistencies of this mode.
@@ -166,6 +184,8 @@ impl ModeReport {
             "wall_s": self.wall_s,
             "host_rearms": self.host_rearms,
             "host_injections": self.host_injections,
+            "boot_probe_exits": self.boot_probe_exits,
+            "insn_emulation": self.insn_emulation,
         })
     }
 }
@@ -272,10 +292,13 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             ));
         }
     }
-    out.push_str("\n[1] KVM_GET_STATS_FD unavailable.\n");
+    out.push('\n');
+    if reports.iter().any(|r| r.total_exits.is_none()) {
+        out.push_str("[1] KVM_GET_STATS_FD unavailable.\n");
+    }
     out.push_str(
         "[2] kernel mode: IA32_TSC_DEADLINE is handled inside KVM, which keeps no per-MSR exit statistic;\n    \
-         every write is intercepted, so these exits are at least the deadline writes, but they are not measured.\n",
+         with hardware virtualization every write is a VM exit handled in the kernel; not measured here.\n",
     );
     out.push_str(
         "[3] interrupts for a deadline that expired while interrupts were off and was then replaced\n    \
@@ -297,6 +320,21 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         out.push_str(&format!(
             "KVM MSR-related stats: {}\n",
             msr_stats.join("; ")
+        ));
+    }
+    let emulated: Vec<String> = reports
+        .iter()
+        .filter(|r| r.emulated())
+        .map(|r| format!("{} {}", r.mode, r.insn_emulation.unwrap_or(0)))
+        .collect();
+    if !emulated.is_empty() {
+        out.push_str(&format!(
+            "WARNING: KVM executed the guest in its instruction emulator (insn_emulation stat: {}).\n    \
+             This /dev/kvm (e.g. kvm_pvm, or nesting without hardware virtualization for this guest) does not\n    \
+             run the guest natively: cycle costs are those of emulated instructions, and an in-kernel WRMSR\n    \
+             is emulated without a VM exit, so KVM's `exits` statistic does not include kernel-mode\n    \
+             IA32_TSC_DEADLINE writes. Exit counts of eager/lazy (to userspace) are exact.\n",
+            emulated.join(", ")
         ));
     }
     out

@@ -341,9 +341,10 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
             userspace_addr: host as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mmap owned by `mem`, which outlives
-        // the VM (both are dropped at the end of this function, `vm` after
-        // all vCPU threads have been joined or abandoned with the process).
+        // SAFETY: the region is a live mmap owned by `mem`. The Arc is held
+        // by the vCPU timers and the timer thread for as long as they run; if
+        // a vCPU thread outlived it after an error, KVM would only fail its
+        // accesses to the unmapped range (it validates user addresses).
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
     }

@@ -3,7 +3,7 @@
 /// Version of [`TimerState`] written by this crate.
 pub const STATE_VERSION: u32 = 1;
 
-/// Per-vCPU counters.
+/// Per-vCPU counters. They add up (`+=`, `Sum`) for per-VM totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
@@ -33,6 +33,49 @@ pub struct Counters {
     pub memory_errors: u64,
     /// INIT/RESET.
     pub resets: u64,
+}
+
+impl core::ops::AddAssign for Counters {
+    /// Adds every counter of `other` (e.g. to total the vCPUs of a VM).
+    fn add_assign(&mut self, other: Counters) {
+        let Counters {
+            trapped_writes,
+            ignored_writes,
+            rearms,
+            injections,
+            clears,
+            kick_cancels,
+            kick_fallbacks,
+            stale_expiries,
+            early_expiries,
+            registrations,
+            rejected_registrations,
+            memory_errors,
+            resets,
+        } = other;
+        self.trapped_writes += trapped_writes;
+        self.ignored_writes += ignored_writes;
+        self.rearms += rearms;
+        self.injections += injections;
+        self.clears += clears;
+        self.kick_cancels += kick_cancels;
+        self.kick_fallbacks += kick_fallbacks;
+        self.stale_expiries += stale_expiries;
+        self.early_expiries += early_expiries;
+        self.registrations += registrations;
+        self.rejected_registrations += rejected_registrations;
+        self.memory_errors += memory_errors;
+        self.resets += resets;
+    }
+}
+
+impl core::iter::Sum for Counters {
+    fn sum<I: Iterator<Item = Counters>>(iter: I) -> Counters {
+        iter.fold(Counters::default(), |mut acc, c| {
+            acc += c;
+            acc
+        })
+    }
 }
 
 /// The state of one vCPU's timer, as plain data (see

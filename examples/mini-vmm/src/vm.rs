@@ -464,22 +464,10 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
         results.push(r);
     }
     let host_counters = (!timers.is_empty()).then(|| {
-        timers.iter().fold(Counters::default(), |mut acc, t| {
-            let c = t.lock().unwrap().counters();
-            acc.trapped_writes += c.trapped_writes;
-            acc.rearms += c.rearms;
-            acc.injections += c.injections;
-            acc.clears += c.clears;
-            acc.early_expiries += c.early_expiries;
-            acc.stale_expiries += c.stale_expiries;
-            acc.kick_cancels += c.kick_cancels;
-            acc.kick_fallbacks += c.kick_fallbacks;
-            acc.registrations += c.registrations;
-            acc.rejected_registrations += c.rejected_registrations;
-            acc.ignored_writes += c.ignored_writes;
-            acc.memory_errors += c.memory_errors;
-            acc
-        })
+        timers
+            .iter()
+            .map(|t| t.lock().unwrap().counters())
+            .sum::<Counters>()
     });
     Ok(ModeRun {
         mode,

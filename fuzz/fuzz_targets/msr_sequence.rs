@@ -1,0 +1,57 @@
+//! Any sequence of reads and writes of 0x6e0 and 0x4b564d09 (and other
+//! MSRs) with any values, time passing and host expiries: no panic, typed
+//! errors only, consistent state, and nothing but `armed` written.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_sim::{Scenario, SimVcpu};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Access {
+    Write(u8, u64),
+    Read(u8),
+    Lvt(u32),
+    Advance(u32),
+    Expire,
+}
+
+fn msr(sel: u8) -> u32 {
+    match sel % 4 {
+        0 => MSR_IA32_TSC_DEADLINE,
+        1 | 2 => MSR_KVM_LAZY_TSCDEADLINE,
+        _ => 0x4b56_4d00 + u32::from(sel),
+    }
+}
+
+fuzz_target!(|input: (bool, Vec<Access>)| {
+    let (advertised, accesses) = input;
+    let mem = Scenario::memory();
+    let mut vcpu = SimVcpu::new(mem, 0x1000, advertised);
+    for a in accesses {
+        match a {
+            Access::Write(sel, value) => {
+                if let Err(e) = vcpu.raw_msr_write(msr(sel), value) {
+                    assert!(e.is_guest_fault());
+                }
+            }
+            Access::Read(sel) => {
+                if let Err(e) = vcpu.raw_msr_read(msr(sel)) {
+                    assert!(e.is_guest_fault());
+                }
+            }
+            Access::Lvt(raw) => vcpu.set_lvt(raw),
+            Access::Advance(d) => {
+                vcpu.advance(u64::from(d));
+            }
+            Access::Expire => {
+                vcpu.expire_due();
+            }
+        }
+        vcpu.check_invariants(false).expect("consistent host state");
+        if !advertised {
+            assert!(!vcpu.host().registration().is_enabled());
+        }
+    }
+});

@@ -1,0 +1,33 @@
+//! Guest writes, host expiries (on time and late), LVT changes,
+//! registration changes, reset and snapshot/restore; with an honest guest
+//! checked against the eager reference and the early/lost/spurious oracle,
+//! with a hostile one (scribbles, raw MSR values) for no panic, bounded work
+//! and consistent host state.
+#![no_main]
+
+use lazy_tscdeadline_fuzz::FuzzOp;
+use lazy_tscdeadline_sim::{GuestKind, Op, Scenario};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: (bool, Vec<FuzzOp>)| {
+    let (hostile, fops) = input;
+    let mut ops = vec![Op::LvtDeadline, Op::Register];
+    ops.extend(fops.iter().filter_map(|f| f.to_op(!hostile)));
+    ops.push(Op::Expire);
+    ops.push(Op::Advance(u64::MAX / 2));
+    if hostile {
+        let (_, vcpu) = Scenario::run_hostile(&ops).expect("hostile run stays consistent");
+        vcpu.check_invariants(false).expect("consistent host state");
+    } else {
+        let late = ops.iter().any(|o| matches!(o, Op::AdvanceLate(_)));
+        let lazy = Scenario::run(GuestKind::Lazy, &ops).expect("honest lazy run");
+        assert_eq!(lazy.host_trapped_writes, lazy.necessary_traps);
+        if late {
+            assert!(lazy.interrupts.len() <= lazy.reference.len());
+        } else {
+            assert_eq!(lazy.interrupts, lazy.reference);
+        }
+        let eager = Scenario::run(GuestKind::Eager, &ops).expect("honest eager run");
+        assert_eq!(eager.interrupts, eager.reference);
+    }
+});

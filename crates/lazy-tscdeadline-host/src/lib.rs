@@ -5,8 +5,9 @@
 //! userspace, and implements the lazy extension registered through
 //! `MSR_KVM_LAZY_TSCDEADLINE`. It is generic, in the style of the rust-vmm
 //! devices, over:
-//! - the guest memory ([`vm_memory::GuestAddressSpace`]), where it publishes
-//!   `armed` and reads `pending` with atomic accesses;
+//! - the guest memory ([`SharedMemory`], implemented for every
+//!   [`vm_memory::GuestAddressSpace`]), where it publishes `armed` and reads
+//!   `pending` with atomic accesses;
 //! - a [`HostTimer`] that fires at a guest-TSC deadline;
 //! - a [`GuestClock`] that reads the guest TSC;
 //! - an [`InterruptSink`] that raises the LAPIC timer interrupt.
@@ -80,6 +81,7 @@ mod traits;
 
 pub use error::Error;
 pub use lvt::{LvtTimer, TimerMode};
+pub use shared::SharedMemory;
 pub use state::{Counters, TimerState, STATE_VERSION};
 pub use timer::{Config, KickOutcome, TscDeadlineTimer, MAX_KICK_ROUNDS};
 pub use traits::{GuestClock, HostTimer, InterruptSink};

@@ -1,52 +1,91 @@
 //! The host's accesses to the registered struct in guest memory.
 //!
-//! Only two accesses exist: a store of `armed` followed by a full fence, and
-//! a load of `pending`. Both are single aligned 64-bit atomic accesses
-//! through vm-memory; the host never keeps a pointer into guest memory and
-//! never reads `armed` back.
+//! Only three operations exist: checking that a struct lies in guest RAM, a
+//! store of `armed` followed by a full fence, and a load of `pending`. The
+//! host never keeps a pointer into guest memory and never reads `armed`
+//! back. [`SharedMemory`] names those operations so that the timer can run
+//! over vm-memory (every [`GuestAddressSpace`]) in a VMM and over model
+//! atomics in a model checker, with the same protocol code.
 
 use std::sync::atomic::{fence, Ordering};
 
 use lazy_tscdeadline_abi::{ARMED_OFFSET, LAZY_TSCDEADLINE_SIZE, PENDING_OFFSET};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory, Permissions};
 
-/// The location of a registered struct.
+/// Guest memory as the timer uses it: the two fields of a registered struct.
+///
+/// It is implemented for every vm-memory [`GuestAddressSpace`]
+/// (`&GuestMemoryMmap`, `Arc<GuestMemoryMmap>`, `GuestMemoryAtomic`), which
+/// is what a VMM passes. Implement it yourself only to run the timer over
+/// something else, such as the loom atomics of a model checker.
+///
+/// `gpa` is always the guest-physical address of a struct that
+/// [`struct_in_ram`](Self::struct_in_ram) accepted; the accesses may still
+/// fail if the memory map changed since, which the timer handles.
+pub trait SharedMemory {
+    /// Whether the [`LAZY_TSCDEADLINE_SIZE`] bytes at `gpa` are guest RAM
+    /// that is both readable and writable.
+    fn struct_in_ram(&self, gpa: u64) -> bool;
+
+    /// Stores `armed` into the struct at `gpa` (one atomic 64-bit store),
+    /// then issues a full (store-load) fence so that no later load of
+    /// `pending` is satisfied before the store is visible to the guest.
+    /// Returns `false` if the memory could not be accessed (the fence is
+    /// issued anyway).
+    fn publish_armed(&self, gpa: u64, armed: u64) -> bool;
+
+    /// Loads `pending` from the struct at `gpa` (one atomic 64-bit load), or
+    /// `None` if the memory could not be accessed.
+    fn load_pending(&self, gpa: u64) -> Option<u64>;
+}
+
+impl<M: GuestAddressSpace> SharedMemory for M {
+    fn struct_in_ram(&self, gpa: u64) -> bool {
+        self.memory().check_range(
+            GuestAddress(gpa),
+            LAZY_TSCDEADLINE_SIZE,
+            Permissions::ReadWrite,
+        )
+    }
+
+    fn publish_armed(&self, gpa: u64, armed: u64) -> bool {
+        // `checked_add`: `gpa` was validated, but stay total on any input.
+        let ok = gpa.checked_add(ARMED_OFFSET).is_some_and(|a| {
+            self.memory()
+                .store(armed, GuestAddress(a), Ordering::Relaxed)
+                .is_ok()
+        });
+        fence(Ordering::SeqCst);
+        ok
+    }
+
+    fn load_pending(&self, gpa: u64) -> Option<u64> {
+        let a = gpa.checked_add(PENDING_OFFSET)?;
+        self.memory().load(GuestAddress(a), Ordering::Relaxed).ok()
+    }
+}
+
+/// The location of a registered struct, validated against guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SharedArea {
     gpa: u64,
 }
 
 impl SharedArea {
-    /// Validates that the 64 bytes at `gpa` are readable and writable guest
+    /// Validates that the struct at `gpa` is readable and writable guest
     /// RAM.
-    pub(crate) fn new<M: GuestAddressSpace>(mem: &M, gpa: u64) -> Option<Self> {
-        let ok = mem.memory().check_range(
-            GuestAddress(gpa),
-            LAZY_TSCDEADLINE_SIZE,
-            Permissions::ReadWrite,
-        );
-        ok.then_some(SharedArea { gpa })
+    pub(crate) fn new<M: SharedMemory>(mem: &M, gpa: u64) -> Option<Self> {
+        mem.struct_in_ram(gpa).then_some(SharedArea { gpa })
     }
 
     /// Publishes `armed` and orders it before any later load of `pending`
     /// (the host half of the store/fence/load handshake).
-    pub(crate) fn publish_armed<M: GuestAddressSpace>(&self, mem: &M, armed: u64) -> bool {
-        let ok = mem
-            .memory()
-            .store(
-                armed,
-                GuestAddress(self.gpa + ARMED_OFFSET),
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        fence(Ordering::SeqCst);
-        ok
+    pub(crate) fn publish_armed<M: SharedMemory>(&self, mem: &M, armed: u64) -> bool {
+        mem.publish_armed(self.gpa, armed)
     }
 
     /// Loads the guest's `pending`.
-    pub(crate) fn load_pending<M: GuestAddressSpace>(&self, mem: &M) -> Option<u64> {
-        mem.memory()
-            .load(GuestAddress(self.gpa + PENDING_OFFSET), Ordering::Relaxed)
-            .ok()
+    pub(crate) fn load_pending<M: SharedMemory>(&self, mem: &M) -> Option<u64> {
+        mem.load_pending(self.gpa)
     }
 }

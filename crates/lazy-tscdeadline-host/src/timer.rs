@@ -1,11 +1,9 @@
 //! The TSC-deadline timer state machine: UPDATE, KICK and CLEAR.
 
-use lazy_tscdeadline_abi::{Registration, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
-use vm_memory::GuestAddressSpace;
-
-use crate::shared::SharedArea;
+use crate::shared::{SharedArea, SharedMemory};
 use crate::state::{Counters, TimerState, STATE_VERSION};
 use crate::{Error, GuestClock, HostTimer, InterruptSink, LvtTimer};
+use lazy_tscdeadline_abi::{Registration, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
 
 /// How many publish/re-check rounds one [`TscDeadlineTimer::kick`] makes
 /// before it stops trusting a `pending` that keeps moving under it. An
@@ -67,7 +65,7 @@ pub struct TscDeadlineTimer<M, T, C, I> {
 
 impl<M, T, C, I> TscDeadlineTimer<M, T, C, I>
 where
-    M: GuestAddressSpace,
+    M: SharedMemory,
     T: HostTimer,
     C: GuestClock,
     I: InterruptSink,
@@ -287,6 +285,12 @@ where
     /// The interrupt sink.
     pub fn interrupts(&self) -> &I {
         &self.irq
+    }
+
+    /// The interrupt sink, mutably (e.g. to drain what a recording sink
+    /// collected).
+    pub fn interrupts_mut(&mut self) -> &mut I {
+        &mut self.irq
     }
 
     /// The host timer.

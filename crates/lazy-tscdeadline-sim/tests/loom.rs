@@ -1,0 +1,427 @@
+//! Model checking of the racing parts of the protocol with loom.
+//!
+//! The guest's `DeadlineSetter` (store `pending`, fence, load `armed`, maybe
+//! trap) runs on one thread; its trapped writes run the host's UPDATE and
+//! registration code on that same (vCPU) thread. The host's KICK runs on a
+//! second (timer) thread. Both are the crates' real code: only the shared
+//! struct's two fields are loom atomics, plugged in through the guest's
+//! `SharedFields` and the host's `SharedMemory` traits, and the timer is
+//! behind a loom mutex, as a VMM would have it.
+//!
+//! Under every interleaving (up to the preemption bound) each scenario
+//! checks:
+//! - no early or spurious interrupt: an interrupt never arrives before the
+//!   deadline of a guest write that had already completed, nor after a
+//!   completed cancellation; no deadline fires twice;
+//! - no lost deadline: once both threads are done, the guest's last deadline
+//!   either has fired or has a host timer armed, and fires when the host
+//!   timer does;
+//! - `armed` never stale: whenever the threads are quiescent, a non-zero
+//!   `armed` in guest memory is exactly the deadline the host timer is
+//!   armed for.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p lazy-tscdeadline-sim --test
+//! loom --release` (`.ci/run` does). `LOOM_MAX_PREEMPTIONS` overrides the
+//! default bound of 3. Without `--cfg loom` the same scenarios run as a
+//! stress test on real threads.
+
+#[cfg(loom)]
+use loom::{
+    sync::atomic::{fence, AtomicU64, Ordering},
+    sync::{Arc, Mutex},
+    thread,
+};
+#[cfg(not(loom))]
+use std::{
+    sync::atomic::{fence, AtomicU64, Ordering},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use lazy_tscdeadline_guest::{DeadlineSetter, MsrWriter, SharedFields};
+use lazy_tscdeadline_host::{
+    Config, GuestClock, HostTimer, InterruptSink, LvtTimer, SharedMemory, TscDeadlineTimer,
+};
+
+/// Where the guest registers its struct.
+const GPA: u64 = 0x1000;
+/// The LVT timer vector.
+const VECTOR: u8 = 0xec;
+/// "No deadline expected" in [`Guest::intent`].
+const NONE: u64 = u64::MAX;
+
+/// The two fields of the registered struct, as model atomics.
+#[derive(Default)]
+struct Fields {
+    armed: AtomicU64,
+    pending: AtomicU64,
+}
+
+/// The host's view of guest memory: only the registered struct exists.
+#[derive(Clone)]
+struct HostMem(Arc<Fields>);
+
+impl SharedMemory for HostMem {
+    fn struct_in_ram(&self, gpa: u64) -> bool {
+        gpa == GPA
+    }
+    fn publish_armed(&self, _gpa: u64, armed: u64) -> bool {
+        self.0.armed.store(armed, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        true
+    }
+    fn load_pending(&self, _gpa: u64) -> Option<u64> {
+        Some(self.0.pending.load(Ordering::Relaxed))
+    }
+}
+
+/// The guest's view of the same struct.
+struct GuestView(Arc<Fields>);
+
+impl SharedFields for GuestView {
+    fn store_pending(&self, deadline: u64) {
+        self.0.pending.store(deadline, Ordering::Relaxed);
+    }
+    fn full_fence(&self) {
+        fence(Ordering::SeqCst);
+    }
+    fn load_armed(&self) -> u64 {
+        self.0.armed.load(Ordering::Relaxed)
+    }
+}
+
+/// The guest TSC. Only the timer thread (and the final drain) moves it.
+#[derive(Clone)]
+struct Clock(Arc<AtomicU64>);
+
+impl GuestClock for Clock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A one-shot host timer: its armed deadline (0: none) in a slot the timer
+/// thread takes when it fires. The slot has its own lock, as a timerfd has
+/// in the kernel: arming and expiring are atomic with respect to each other
+/// but not to the VMM's timer lock.
+struct SlotTimer(Arc<Mutex<u64>>);
+
+impl HostTimer for SlotTimer {
+    fn arm(&mut self, deadline: u64) {
+        *self.0.lock().unwrap() = deadline;
+    }
+    fn disarm(&mut self) {
+        *self.0.lock().unwrap() = 0;
+    }
+}
+
+fn take(slot: &Mutex<u64>) -> u64 {
+    std::mem::take(&mut *slot.lock().unwrap())
+}
+
+fn peek(slot: &Mutex<u64>) -> u64 {
+    *slot.lock().unwrap()
+}
+
+/// The vCPU's LAPIC timer interrupt: an injection sets the IRR bit; a
+/// second injection before the guest takes the first merges with it, as in
+/// a real LAPIC. The guest takes the interrupt when it enables interrupts,
+/// between writes.
+///
+/// Each injection is checked on the spot against the guest's intent: an
+/// interrupt before the earliest deadline that may be current is early.
+struct Irqs {
+    clock: Clock,
+    intent: Arc<AtomicU64>,
+    irr: Option<Taken>,
+    /// Interrupts the guest took.
+    log: Vec<Taken>,
+}
+
+/// One interrupt the guest took: the latest guest TSC among the injections
+/// merged into it, and the guest's intent at each of them.
+#[derive(Debug, Default)]
+struct Taken {
+    now: u64,
+    intents: Vec<u64>,
+}
+
+impl InterruptSink for Irqs {
+    fn inject(&mut self, vector: u8) {
+        assert_eq!(vector, VECTOR);
+        let now = self.clock.now();
+        let intent = self.intent.load(Ordering::SeqCst);
+        assert!(
+            intent <= now,
+            "interrupt at {now} before the deadline {intent} (u64::MAX: none)"
+        );
+        let irr = self.irr.get_or_insert_with(Taken::default);
+        irr.now = irr.now.max(now);
+        irr.intents.push(intent);
+    }
+}
+
+/// The guest enables interrupts: a pending timer interrupt is taken.
+fn take_interrupt(timer: &Mutex<Timer>) {
+    let mut t = timer.lock().unwrap();
+    let irqs = t.interrupts_mut();
+    if let Some(irq) = irqs.irr.take() {
+        irqs.log.push(irq);
+    }
+}
+
+type Timer = TscDeadlineTimer<HostMem, SlotTimer, Clock, Irqs>;
+
+/// A trapped guest MSR write: runs the host's emulation on the vCPU thread.
+struct Trap(Arc<Mutex<Timer>>);
+
+impl MsrWriter for Trap {
+    fn write_msr(&mut self, index: u32, value: u64) {
+        let r = self.0.lock().unwrap().write_msr(index, value);
+        assert!(r.is_ok(), "honest MSR write {index:#x}={value:#x} faulted");
+    }
+}
+
+/// The guest thread's handle: the setter, the shared fields and the intent
+/// it publishes after each completed write.
+struct Guest {
+    setter: DeadlineSetter<GuestView, Trap>,
+    fields: Arc<Fields>,
+    timer: Arc<Mutex<Timer>>,
+    /// The earliest deadline that may be current: that of the guest's last
+    /// completed write ([`NONE`] after a cancellation, a masked LVT or an
+    /// unregistration), lowered to the new deadline while a write is in
+    /// flight.
+    intent: Arc<AtomicU64>,
+    /// Deadline writes made, for the duplicate check.
+    deadlines: u64,
+}
+
+impl Guest {
+    fn set(&mut self, deadline: u64) {
+        let intent = if deadline == 0 { NONE } else { deadline };
+        // While the write is in flight either deadline may be the current
+        // one: an interrupt is due from the earlier of the two.
+        let before = self.intent.load(Ordering::SeqCst).min(intent);
+        self.intent.store(before, Ordering::SeqCst);
+        self.setter.set_next_deadline(deadline);
+        self.deadlines += 1;
+        self.intent.store(intent, Ordering::SeqCst);
+        take_interrupt(&self.timer);
+    }
+
+    fn set_lvt(&mut self, lvt: LvtTimer) {
+        self.timer.lock().unwrap().set_lvt_timer(lvt.raw());
+        if !lvt.deadline_live() {
+            self.intent.store(NONE, Ordering::SeqCst);
+        }
+        take_interrupt(&self.timer);
+    }
+
+    fn reregister(&mut self) {
+        self.setter.unregister();
+        self.intent.store(NONE, Ordering::SeqCst);
+        let view = GuestView(self.fields.clone());
+        self.setter.register(view, GPA).unwrap();
+        take_interrupt(&self.timer);
+    }
+}
+
+/// One host-timer expiry as the timer thread sees it: take the armed
+/// deadline, let the guest TSC reach it, then KICK under the lock. Returns
+/// false when nothing was armed.
+fn expire_once(slot: &Mutex<u64>, clock: &AtomicU64, timer: &Mutex<Timer>) -> bool {
+    let d = take(slot);
+    if d == 0 {
+        return false;
+    }
+    if clock.load(Ordering::SeqCst) < d {
+        clock.store(d, Ordering::SeqCst);
+    }
+    timer.lock().unwrap().kick();
+    true
+}
+
+/// Builds the VM with the struct registered and deadline 10 armed (trapped),
+/// runs `guest` on one thread and `timer_rounds` expiries on another, then
+/// checks the invariants.
+fn scenario(timer_rounds: usize, guest: fn(&mut Guest)) {
+    let fields = Arc::new(Fields::default());
+    let clock = Clock(Arc::new(AtomicU64::new(0)));
+    let slot = Arc::new(Mutex::new(0));
+    let intent = Arc::new(AtomicU64::new(NONE));
+    let irqs = Irqs {
+        clock: clock.clone(),
+        intent: intent.clone(),
+        irr: None,
+        log: Vec::new(),
+    };
+    let mut t = TscDeadlineTimer::new(
+        HostMem(fields.clone()),
+        SlotTimer(slot.clone()),
+        clock.clone(),
+        irqs,
+        Config {
+            lazy_advertised: true,
+        },
+    );
+    t.set_lvt_timer(LvtTimer::tsc_deadline(VECTOR).raw());
+    let timer = Arc::new(Mutex::new(t));
+
+    let mut g = Guest {
+        setter: DeadlineSetter::new(Trap(timer.clone())),
+        fields: fields.clone(),
+        timer: timer.clone(),
+        intent: intent.clone(),
+        deadlines: 0,
+    };
+    g.setter
+        .register(GuestView(fields.clone()), GPA)
+        .expect("aligned GPA");
+    g.set(10);
+    assert_eq!(fields.armed.load(Ordering::SeqCst), 10);
+
+    let guest_thread = thread::spawn(move || {
+        guest(&mut g);
+        g
+    });
+    let (s, c, tm) = (slot.clone(), clock.0.clone(), timer.clone());
+    let timer_thread = thread::spawn(move || {
+        for _ in 0..timer_rounds {
+            if !expire_once(&s, &c, &tm) {
+                break;
+            }
+        }
+    });
+    let g = guest_thread.join().unwrap();
+    timer_thread.join().unwrap();
+
+    // Quiescent: a published `armed` is exactly what the host timer holds.
+    {
+        let t = timer.lock().unwrap();
+        let armed = fields.armed.load(Ordering::SeqCst);
+        if armed != 0 {
+            assert!(t.is_published(), "armed {armed} published by nobody");
+            assert_eq!(t.deadline(), armed, "armed is stale");
+            assert_eq!(peek(&slot), armed, "no host timer at armed");
+        }
+        if t.deadline() != 0 {
+            assert_eq!(peek(&slot), t.deadline(), "deadline without a timer");
+        }
+    }
+
+    // Let every remaining host timer fire; it must settle quickly.
+    take_interrupt(&timer);
+    let mut rounds = 0;
+    while expire_once(&slot, &clock.0, &timer) {
+        take_interrupt(&timer);
+        rounds += 1;
+        assert!(rounds <= 4, "the host timer keeps re-arming");
+    }
+
+    let t = timer.lock().unwrap();
+    let log = &t.interrupts().log;
+    let last = intent.load(Ordering::SeqCst);
+    assert!(
+        log.len() as u64 <= g.deadlines,
+        "{} interrupts for {} deadline writes: {log:?}",
+        log.len(),
+        g.deadlines
+    );
+    if last != NONE {
+        // The last interrupt serves the last deadline, and only one does.
+        let taken = log.last().expect("the last deadline was lost");
+        assert!(taken.now >= last, "last deadline {last} lost: {log:?}");
+        let n = log.iter().filter(|t| t.intents.contains(&last)).count();
+        assert!(n <= 1, "last deadline {last} taken {n} times: {log:?}");
+    }
+    assert_eq!(t.deadline(), 0, "deadline left armed after the drain");
+    assert!(!t.is_published());
+    assert_eq!(fields.armed.load(Ordering::SeqCst), 0, "armed left stale");
+    assert_eq!(peek(&slot), 0, "host timer left armed");
+}
+
+/// Runs `f` under loom (every interleaving up to the preemption bound), or
+/// many times on real threads without `--cfg loom`.
+fn model(f: fn()) {
+    #[cfg(loom)]
+    {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+    #[cfg(not(loom))]
+    for _ in 0..2000 {
+        f();
+    }
+}
+
+#[test]
+fn push_later_races_the_expiry() {
+    model(|| scenario(2, |g| g.set(20)));
+}
+
+#[test]
+fn two_pushes_race_two_expiries() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.set(30);
+        })
+    });
+}
+
+#[test]
+fn pull_back_above_armed_races_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(30);
+            g.set(20);
+        })
+    });
+}
+
+#[test]
+fn pull_earlier_than_armed_traps() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(25);
+            g.set(5);
+        })
+    });
+}
+
+#[test]
+fn cancel_races_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.set(0);
+        })
+    });
+}
+
+#[test]
+fn lvt_mask_races_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.set_lvt(LvtTimer::RESET);
+            g.set_lvt(LvtTimer::tsc_deadline(VECTOR));
+            g.set(30);
+        })
+    });
+}
+
+#[test]
+fn reregistration_races_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.reregister();
+            g.set(30);
+        })
+    });
+}

@@ -295,3 +295,61 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
     }
 }
+
+/// Per-vCPU "a #GP is allowed now" flags for [`wrmsr_catch_gp`] and
+/// [`rdmsr_catch_gp`]: the #GP handler clears the flag and skips the
+/// faulting instruction instead of reporting a fault.
+pub static EXPECT_GP: [core::sync::atomic::AtomicBool; crate::layout::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; crate::layout::MAX_CPUS];
+
+/// Called by the #GP handler: if `cpu` allowed a #GP and the faulting
+/// instruction is a WRMSR or RDMSR, skips it and returns true.
+pub fn skip_caught_gp(cpu: usize, frame: &mut Frame) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    if !EXPECT_GP[cpu].load(Relaxed) {
+        return false;
+    }
+    // SAFETY: the faulting RIP points into the identity-mapped guest image
+    // (the only code there is); two bytes are readable there.
+    let insn = unsafe { core::ptr::read_volatile(frame.rip as *const [u8; 2]) };
+    if insn != [0x0f, 0x30] && insn != [0x0f, 0x32] {
+        return false;
+    }
+    EXPECT_GP[cpu].store(false, Relaxed);
+    frame.rip += 2;
+    true
+}
+
+/// WRMSR that reports whether it raised #GP instead of faulting.
+pub fn wrmsr_catch_gp(cpu: usize, index: u32, value: u64) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    EXPECT_GP[cpu].store(true, Relaxed);
+    // SAFETY: CPL 0; a #GP is caught by `skip_caught_gp`, which resumes after
+    // this instruction. Not `nomem`: the handler writes `EXPECT_GP`.
+    unsafe {
+        asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags))
+    }
+    !EXPECT_GP[cpu].swap(false, Relaxed)
+}
+
+/// RDMSR that returns `None` if it raised #GP instead of faulting.
+pub fn rdmsr_catch_gp(cpu: usize, index: u32) -> Option<u64> {
+    use core::sync::atomic::Ordering::Relaxed;
+    EXPECT_GP[cpu].store(true, Relaxed);
+    let (lo, hi): (u32, u32);
+    // SAFETY: as for `wrmsr_catch_gp`; on #GP the outputs keep the zeros
+    // loaded here.
+    unsafe {
+        asm!("xor eax, eax", "xor edx, edx", "rdmsr", in("ecx") index, out("eax") lo, out("edx") hi,
+             options(nostack))
+    }
+    let gp = !EXPECT_GP[cpu].swap(false, Relaxed);
+    (!gp).then_some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// Lets pending interrupts in for one instruction.
+pub fn interrupt_window() {
+    // SAFETY: as for `wait_for_interrupt`, without halting.
+    unsafe { asm!("sti", "nop", "cli", options(nostack)) }
+}

@@ -90,6 +90,12 @@ pub struct Params {
     pub miss_bound_tsc: u64,
     /// Number of vCPUs.
     pub vcpus: u64,
+    /// vCPUs `0..hostile_vcpus` run the hostile program instead of the
+    /// workload (lazy mode only).
+    pub hostile_vcpus: u64,
+    /// Size of guest RAM (one region from 0), for the hostile program's
+    /// out-of-RAM registrations.
+    pub mem_size: u64,
 }
 
 /// Per-vCPU results (all `u64`).
@@ -138,4 +144,18 @@ pub struct Results {
     /// Deadline the guest is currently halted waiting for (0: not waiting);
     /// read by the VMM watchdog.
     pub waiting_for: u64,
+    /// Hostile program: iterations run.
+    pub hostile_ops: u64,
+    /// Hostile program: stores into the registered struct (garbage,
+    /// `pending` below `armed`, pushes without a trap).
+    pub hostile_stores: u64,
+    /// Hostile program: WRMSRs of the two protocol MSRs.
+    pub hostile_msr_writes: u64,
+    /// Hostile program: accesses the spec says must raise #GP.
+    pub gp_expected: u64,
+    /// Hostile program: #GPs taken on those accesses.
+    pub gp_taken: u64,
+    /// Hostile program: accesses whose #GP (or its absence), or whose
+    /// RDMSR value, differed from the spec.
+    pub gp_mismatch: u64,
 }

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod arch;
+mod hostile;
 #[allow(dead_code)]
 mod layout;
 
@@ -90,29 +91,30 @@ pub extern "C" fn _start(cpu: u64) -> ! {
     arch::halt_forever()
 }
 
-fn results(cpu: usize) -> *mut Results {
+pub(crate) fn results(cpu: usize) -> *mut Results {
     (RESULTS_GPA + cpu as u64 * RESULTS_STRIDE) as *mut Results
 }
 
 /// Writes one field of this vCPU's result page.
+#[macro_export]
 macro_rules! report {
     ($cpu:expr, $field:ident, $value:expr) => {{
         let value: u64 = $value;
         // SAFETY: the result page of each vCPU is identity-mapped RAM that
         // only this vCPU writes; the VMM only reads it.
-        unsafe { addr_of_mut!((*results($cpu)).$field).write_volatile(value) }
+        unsafe { core::ptr::addr_of_mut!((*$crate::results($cpu)).$field).write_volatile(value) }
     }};
 }
 
 /// Small deterministic PRNG (xorshift64*).
-struct XorShift(u64);
+pub(crate) struct XorShift(u64);
 
 impl XorShift {
-    fn new(seed: u64, cpu: usize) -> Self {
+    pub(crate) fn new(seed: u64, cpu: usize) -> Self {
         let s = seed ^ (cpu as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         XorShift(if s == 0 { 0x2545_f491 } else { s })
     }
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -175,6 +177,7 @@ fn lazy_advertised() -> bool {
 fn run(cpu: usize, p: &Params) {
     let state = &STATES.0[cpu];
     let mut setter = DeadlineSetter::new(X86Msr);
+    let mut lazy_area = None;
     if p.mode == MODE_LAZY {
         if !lazy_advertised() {
             report!(cpu, fault_kind, FAULT_NO_LAZY_CPUID);
@@ -194,12 +197,19 @@ fn run(cpu: usize, p: &Params) {
         }
         report!(cpu, lazy_registered, 1);
         report!(cpu, lazy_gpa, gpa);
+        lazy_area = Some((area, gpa));
     }
     // Boot probe: one direct write of 0 (disarm) to IA32_TSC_DEADLINE, so
     // the VMM can check the MSR really exits to userspace before the
     // workload. Not a deadline write of the workload.
     X86Msr.write_msr(MSR_IA32_TSC_DEADLINE, 0);
     arch::outl(PORT_READY, cpu as u32);
+    if (cpu as u64) < p.hostile_vcpus {
+        match lazy_area {
+            Some((area, gpa)) => return hostile::run(cpu, p, area, gpa),
+            None => panic!("the hostile program needs lazy mode"),
+        }
+    }
 
     let mut w = Workload {
         cpu,
@@ -295,6 +305,7 @@ extern "C" fn isr_dispatch(frame: &mut arch::Frame) {
             arch::eoi();
         }
         arch::SPURIOUS_VECTOR => {}
+        13 if arch::skip_caught_gp(cpu, frame) => {}
         _ => {
             report!(cpu, fault_vector, frame.vector);
             report!(cpu, fault_error, frame.error);

@@ -105,8 +105,14 @@ pub struct ModeRun {
     pub lateness_cycles: Vec<u64>,
     /// Host timer counters summed over vCPUs (eager and lazy only).
     pub host_counters: Option<Counters>,
+    /// Host timer counters of each vCPU, by index (eager and lazy only).
+    pub vcpu_counters: Vec<Counters>,
+    /// vCPUs `0..hostile_vcpus` ran the hostile program.
+    pub hostile_vcpus: u32,
     /// From the first vCPU's start to the last one's DONE.
     pub wall: Duration,
+    /// CPU time (user + system) the VMM process used meanwhile.
+    pub vmm_cpu: Duration,
 }
 
 /// A guest that runs longer than this is considered hung.
@@ -307,6 +313,15 @@ pub fn open_kvm() -> Result<Kvm, String> {
 
 /// Boots a fresh VM in `mode` and runs the workload on every vCPU.
 pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
+    run_with(mode, w, 0)
+}
+
+/// Like [`run`], with vCPUs `0..hostile_vcpus` running the hostile program
+/// (lazy mode only) instead of the workload.
+pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun, String> {
+    if hostile_vcpus > 0 && mode != Mode::Lazy {
+        return Err("the hostile program runs in lazy mode only".into());
+    }
     if w.vcpus == 0 || w.vcpus as usize > MAX_CPUS {
         return Err(format!("--vcpus must be 1..={MAX_CPUS}"));
     }
@@ -372,6 +387,8 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
         cancel_one_in: w.cancel_one_in,
         miss_bound_tsc: MISS_BOUND_MS * tsc_khz,
         vcpus: u64::from(w.vcpus),
+        hostile_vcpus: u64::from(hostile_vcpus),
+        mem_size,
     };
     let gdt_limit = write_boot_data(&mem, &params, w.vcpus)?;
     for (i, v) in vcpus.iter().enumerate() {
@@ -408,6 +425,7 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
         },
     )?;
 
+    let cpu_start = process_cpu_time();
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     for (i, v) in vcpus.into_iter().enumerate() {
@@ -444,6 +462,7 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
     }
     timer_thread.stop()?;
     let wall = last_done - start;
+    let vmm_cpu = process_cpu_time().saturating_sub(cpu_start);
 
     let mut results = Vec::new();
     let mut lateness_cycles = Vec::new();
@@ -463,6 +482,10 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
         }
         results.push(r);
     }
+    let vcpu_counters: Vec<Counters> = timers
+        .iter()
+        .map(|t| t.lock().unwrap().counters())
+        .collect();
     let host_counters = (!timers.is_empty()).then(|| {
         timers
             .iter()
@@ -476,6 +499,21 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
         results,
         lateness_cycles,
         host_counters,
+        vcpu_counters,
+        hostile_vcpus,
         wall,
+        vmm_cpu,
     })
+}
+
+/// User + system CPU time of the whole VMM process so far.
+fn process_cpu_time() -> Duration {
+    // SAFETY: `getrusage` only writes the zero-initialised struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

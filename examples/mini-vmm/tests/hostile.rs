@@ -1,0 +1,83 @@
+//! End-to-end on real KVM: a hostile vCPU next to an honest one in the same
+//! lazy-mode VM (`mini-vmm hostile`). Skipped (with a visible message) when
+//! /dev/kvm cannot be opened.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing or not a number: {cur}"))
+}
+
+#[test]
+fn hostile_guest_gets_gp_where_the_spec_says_and_cannot_disturb_an_honest_vcpu() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        println!(
+            "SKIPPED: /dev/kvm cannot be opened ({e}); the hostile-guest KVM test did not run"
+        );
+        eprintln!(
+            "SKIPPED: /dev/kvm cannot be opened ({e}); the hostile-guest KVM test did not run"
+        );
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
+        .args(["hostile", "--json", "--requests", "600", "--seed", "3"])
+        .output()
+        .expect("spawning mini-vmm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit status 1 is a failed check, 2 an error (the VMM did not survive).
+    assert!(
+        out.status.success(),
+        "mini-vmm hostile failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let j: Value = serde_json::from_str(&stdout).expect("JSON output");
+    assert_eq!(j["violations"].as_array().map(Vec::len), Some(0), "{j}");
+
+    // The hostile program ran to the end and really attacked.
+    assert_eq!(num(&j, &["hostile", "ops"]), 600);
+    assert!(num(&j, &["hostile", "stores"]) > 100, "{j}");
+    assert!(num(&j, &["hostile", "msr_writes"]) > 100, "{j}");
+
+    // #GP exactly where the spec says: every bad registration value, no
+    // other access; the VMM injected exactly those and rejected them.
+    let expected = num(&j, &["hostile", "gp_expected"]);
+    assert!(expected > 20, "too few bad registrations tried: {j}");
+    assert_eq!(num(&j, &["hostile", "gp_taken"]), expected);
+    assert_eq!(num(&j, &["hostile", "gp_injected"]), expected);
+    assert_eq!(num(&j, &["hostile", "rejected_registrations"]), expected);
+    assert_eq!(num(&j, &["hostile", "gp_mismatch"]), 0);
+
+    // Host work stays proportional to what the guest does.
+    assert!(num(&j, &["hostile", "host_events"]) <= num(&j, &["hostile", "host_event_bound"]));
+
+    // The honest vCPU keeps perfect timer behaviour, as without the attack.
+    for run in ["honest", "baseline"] {
+        let r = &j[run];
+        assert_eq!(num(r, &["missed"]), 0, "{run}: {r}");
+        assert_eq!(num(r, &["early"]), 0, "{run}: {r}");
+        assert_eq!(num(r, &["spurious"]), 0, "{run}: {r}");
+        assert!(num(r, &["waits"]) > 0, "{run}: {r}");
+        assert_eq!(
+            num(r, &["timer_interrupts"]),
+            num(r, &["waits"]),
+            "{run}: {r}"
+        );
+        assert_eq!(
+            num(r, &["tsc_deadline_exits"]),
+            num(r, &["necessary_traps"]),
+            "{run}: {r}"
+        );
+    }
+}

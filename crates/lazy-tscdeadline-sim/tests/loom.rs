@@ -218,6 +218,14 @@ impl Guest {
         take_interrupt(&self.timer);
     }
 
+    /// INIT/RESET of the vCPU: the host drops everything; the guest starts
+    /// over (here: it stops programming the timer).
+    fn reset(&mut self) {
+        self.timer.lock().unwrap().reset();
+        self.intent.store(NONE, Ordering::SeqCst);
+        take_interrupt(&self.timer);
+    }
+
     fn reregister(&mut self) {
         self.setter.unregister();
         self.intent.store(NONE, Ordering::SeqCst);
@@ -422,6 +430,16 @@ fn reregistration_races_the_expiry() {
             g.set(20);
             g.reregister();
             g.set(30);
+        })
+    });
+}
+
+#[test]
+fn reset_races_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.reset();
         })
     });
 }

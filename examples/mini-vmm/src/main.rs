@@ -5,17 +5,22 @@
 //! ```text
 //! mini-vmm [run] [--mode kernel|eager|lazy] [options]
 //! mini-vmm compare [options]
+//! mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
+//! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths LIST] [--timeouts-us LIST]
 //! options: --requests N --depth N --timeout-us N --seed N --vcpus N
 //!          --early-per-mille N --cancel-one-in N --json
 //! ```
 //! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
 //! (including a missing /dev/kvm or KVM capability).
 
+mod hostile;
 #[path = "../guest/layout.rs"]
 #[allow(dead_code)]
 mod layout;
+mod plot;
 mod report;
 mod stats;
+mod sweep;
 mod timer;
 mod vcpu;
 mod vm;
@@ -34,7 +39,9 @@ struct Args {
 
 const USAGE: &str =
     "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy] [--requests N] [--depth N] \
-[--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]";
+[--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
+       mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
+       mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -82,6 +89,12 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("hostile") {
+        return hostile::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("sweep") {
+        return sweep::main(std::env::args().skip(2));
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -160,7 +160,9 @@ impl ModeReport {
         v
     }
 
-    fn json(&self) -> Value {
+    /// This report as one JSON object (an element of [`to_json`]'s
+    /// `modes`; `null` where a figure is not measurable in this mode).
+    pub fn json(&self) -> Value {
         let lat = |i: usize| self.lateness_us.map(|l| l[i]);
         json!({
             "mode": self.mode.to_string(),

@@ -1,0 +1,563 @@
+//! `mini-vmm sweep`: the comparison of the three modes over a grid of
+//! reprogramming depths (pushes per request) and request timeouts, in one
+//! process.
+//!
+//! Every point of the grid boots one VM per mode with [`vm::run`] and
+//! summarises it with [`ModeReport::from_run`], exactly as `compare` does.
+//! The sweep writes `sweep.json` (every report of every point),
+//! `sweep.md` (one table row per point, plus the protocol targets checked
+//! against the measurements) and `sweep.svg` (exits and guest cycles per
+//! deadline write against depth) into its output directory, and prints the
+//! markdown to stdout.
+//!
+//! ```text
+//! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N]
+//!                [--depths 1,4,16,64,256] [--timeouts-us 200,5000]
+//! ```
+//! Exit status: 0 on success, 1 if any run reports a protocol violation
+//! (the files are still written), 2 on any error.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::plot::{self, Line, Panel};
+use crate::report::ModeReport;
+use crate::vm::{self, Mode, Workload};
+
+/// Usage of the `sweep` subcommand.
+pub const USAGE: &str = "usage: mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] \
+[--depths N,N,..] [--timeouts-us N,N,..]";
+
+/// Reprogramming depths swept by default (pushes per request).
+pub const DEFAULT_DEPTHS: [u64; 5] = [1, 4, 16, 64, 256];
+
+/// Request timeouts swept by default, in microseconds. The guest moves
+/// the deadline to "now + timeout" on every push, while the host's timer
+/// stays armed for the deadline it last published. With 200 us that
+/// timer expires every few pushes on the emulating KVM this tool was tuned
+/// on (a push costs the guest 50 to 120 us of wall time there, depending on
+/// load): the host re-arms it from `pending`, and whenever the vCPU was
+/// held up for longer than the timeout the host injects and the guest's
+/// next write traps again. With 5000 us the timer expires only once per
+/// 50 to 100 pushes. On hardware a push costs at most a few microseconds
+/// (an exit to userspace), and both timeouts are of the long kind.
+pub const DEFAULT_TIMEOUTS_US: [u64; 2] = [200, 5000];
+
+/// Requests per vCPU at every point by default: the whole default sweep
+/// (30 VM runs) then takes three to five minutes on a 2-core emulating host,
+/// and the shallowest point still makes thousands of deadline writes.
+pub const DEFAULT_REQUESTS: u64 = 1000;
+
+/// The depth at which the exit and cycle targets are stated.
+const TARGET_DEPTH: u64 = 64;
+/// Target: lazy TSC-deadline exits at most this many times the necessary
+/// traps (the protocol floor).
+const FLOOR_TARGET: f64 = 1.05;
+/// Target: lazy TSC-deadline exits at [`TARGET_DEPTH`] at most this share
+/// of eager's.
+const EXIT_TARGET: f64 = 0.03;
+/// Target: lazy guest cycles per write at [`TARGET_DEPTH`] at most this
+/// share of kernel mode's.
+const CYCLE_TARGET: f64 = 0.1;
+
+/// The sweep's settings.
+#[derive(Clone, Debug)]
+pub struct SweepArgs {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Depths, ascending, without duplicates, all at least 1.
+    pub depths: Vec<u64>,
+    /// Timeouts in microseconds, ascending, without duplicates, all at
+    /// least 1.
+    pub timeouts_us: Vec<u64>,
+    /// The workload's fixed parameters; `depth` and `timeout_us` are set
+    /// per point.
+    pub base: Workload,
+}
+
+/// The reports of all modes at one point of the grid.
+#[derive(Clone, Debug)]
+pub struct Point {
+    /// Pushes per request.
+    pub depth: u64,
+    /// Request timeout in microseconds.
+    pub timeout_us: u64,
+    /// One report per mode, in [`Mode::ALL`] order.
+    pub reports: Vec<ModeReport>,
+}
+
+impl Point {
+    /// The report of `mode`, if it ran.
+    pub fn mode(&self, mode: Mode) -> Option<&ModeReport> {
+        self.reports.iter().find(|r| r.mode == mode)
+    }
+
+    /// Lazy over eager IA32_TSC_DEADLINE exits.
+    pub fn lazy_eager_exits(&self) -> Option<f64> {
+        let lazy = self.mode(Mode::Lazy)?.tsc_deadline_exits?;
+        let eager = self.mode(Mode::Eager)?.tsc_deadline_exits?;
+        quotient(lazy as f64, eager as f64)
+    }
+
+    /// Lazy over kernel-mode guest cycles per deadline write.
+    pub fn lazy_kernel_cycles(&self) -> Option<f64> {
+        let lazy = self.mode(Mode::Lazy)?.cycles_per_write;
+        let kernel = self.mode(Mode::Kernel)?.cycles_per_write;
+        quotient(lazy, kernel)
+    }
+
+    /// Lazy IA32_TSC_DEADLINE exits over the traps the protocol required
+    /// (the floor: 1.0 means no write exited that the protocol could have
+    /// deferred). 1.0 when both are zero.
+    pub fn lazy_exits_per_trap(&self) -> Option<f64> {
+        let lazy = self.mode(Mode::Lazy)?;
+        let exits = lazy.tsc_deadline_exits?;
+        if exits == 0 && lazy.necessary_traps == 0 {
+            return Some(1.0);
+        }
+        quotient(exits as f64, lazy.necessary_traps as f64)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "depth": self.depth,
+            "timeout_us": self.timeout_us,
+            "lazy_eager_tsc_deadline_exits": self.lazy_eager_exits(),
+            "lazy_kernel_cycles_per_write": self.lazy_kernel_cycles(),
+            "lazy_exits_per_necessary_trap": self.lazy_exits_per_trap(),
+            "modes": self.reports.iter().map(ModeReport::json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn quotient(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+fn parse_list(name: &str, v: &str) -> Result<Vec<u64>, String> {
+    let mut list = v
+        .split(',')
+        .map(|s| {
+            let n: u64 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}: not a number: {s}"))?;
+            if n == 0 {
+                return Err(format!("{name}: values must be at least 1"));
+            }
+            Ok(n)
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    list.sort_unstable();
+    list.dedup();
+    Ok(list)
+}
+
+/// Parses the arguments that follow `sweep`.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, String> {
+    let mut a = SweepArgs {
+        out: PathBuf::from("target/sweep"),
+        depths: DEFAULT_DEPTHS.to_vec(),
+        timeouts_us: DEFAULT_TIMEOUTS_US.to_vec(),
+        // The fixed parameters are those `compare` uses by default.
+        base: Workload {
+            requests: DEFAULT_REQUESTS,
+            depth: 0,
+            timeout_us: 0,
+            seed: 1,
+            vcpus: 2,
+            early_per_mille: 10,
+            cancel_one_in: 8,
+        },
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let num = |name: &str, v: String| -> Result<u64, String> {
+            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match arg.as_str() {
+            "--out" => a.out = PathBuf::from(value("--out")?),
+            "--requests" => a.base.requests = num("--requests", value("--requests")?)?,
+            "--vcpus" => {
+                a.base.vcpus = u32::try_from(num("--vcpus", value("--vcpus")?)?)
+                    .map_err(|e| format!("--vcpus: {e}"))?
+            }
+            "--seed" => a.base.seed = num("--seed", value("--seed")?)?,
+            "--depths" => a.depths = parse_list("--depths", &value("--depths")?)?,
+            "--timeouts-us" => {
+                a.timeouts_us = parse_list("--timeouts-us", &value("--timeouts-us")?)?
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown sweep argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Runs every mode at every point, in order (timeout, then depth, then
+/// mode), reporting progress on stderr.
+pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, String> {
+    let total = a.depths.len() * a.timeouts_us.len() * Mode::ALL.len();
+    let mut done = 0;
+    let mut points = Vec::new();
+    for &timeout_us in &a.timeouts_us {
+        for &depth in &a.depths {
+            let w = Workload {
+                depth,
+                timeout_us,
+                ..a.base
+            };
+            let mut reports = Vec::new();
+            for mode in Mode::ALL {
+                let run = vm::run(mode, &w)
+                    .map_err(|e| format!("depth {depth}, timeout {timeout_us} us: {e}"))?;
+                let r = ModeReport::from_run(&run);
+                done += 1;
+                eprintln!(
+                    "[{done}/{total}] depth {depth}, timeout {timeout_us} us, {mode}: {:.2} s",
+                    r.wall_s
+                );
+                reports.push(r);
+            }
+            points.push(Point {
+                depth,
+                timeout_us,
+                reports,
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// Every protocol violation of every run, prefixed with its point.
+pub fn violations(points: &[Point]) -> Vec<String> {
+    points
+        .iter()
+        .flat_map(|p| {
+            p.reports
+                .iter()
+                .flat_map(ModeReport::violations)
+                .map(|v| format!("depth {}, timeout {} us: {v}", p.depth, p.timeout_us))
+        })
+        .collect()
+}
+
+/// The JSON document: the workload, then every point with its ratios and
+/// the full report of each mode.
+pub fn to_json(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
+    let w = &a.base;
+    let doc = json!({
+        "workload": {
+            "requests": w.requests,
+            "vcpus": w.vcpus,
+            "seed": w.seed,
+            "early_per_mille": w.early_per_mille,
+            "cancel_one_in": w.cancel_one_in,
+        },
+        "depths": a.depths,
+        "timeouts_us": a.timeouts_us,
+        "sweep_wall_s": sweep_wall_s,
+        "points": points.iter().map(Point::json).collect::<Vec<_>>(),
+        "violations": violations(points),
+    });
+    serde_json::to_string_pretty(&doc).expect("JSON values always serialise")
+}
+
+/// `k / e / l` cells: `f` of each mode in [`Mode::ALL`] order.
+fn per_mode(p: &Point, f: impl Fn(&ModeReport) -> String) -> String {
+    Mode::ALL
+        .iter()
+        .map(|&m| p.mode(m).map_or_else(|| "-".to_string(), &f))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn fmt_ratio(r: Option<f64>, digits: usize) -> String {
+    r.map_or_else(|| "n/a".into(), |r| format!("{r:.digits$}"))
+}
+
+/// The markdown table, one row per point.
+pub fn to_table(points: &[Point]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| depth | timeout (us) | deadline writes | TSC-deadline exits (k / e / l) \
+         | necessary traps (k / e / l) | guest cycles per write (k / e / l) \
+         | lateness p99 us (k / e / l) | wall s (k / e / l) | lazy host re-arms / injections \
+         | lazy/eager exits | lazy/kernel cycles per write | lazy exits / necessary traps |\n",
+    );
+    s.push_str("|---:|---:|---:|---|---|---|---|---|---|---:|---:|---:|\n");
+    for p in points {
+        let writes = p.reports.first().map_or(0, |r| r.deadline_writes);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            p.depth,
+            p.timeout_us,
+            writes,
+            per_mode(p, |r| r
+                .tsc_deadline_exits
+                .map_or_else(|| "n/a".into(), |v| v.to_string())),
+            per_mode(p, |r| r.necessary_traps.to_string()),
+            per_mode(p, |r| format!("{:.0}", r.cycles_per_write)),
+            per_mode(p, |r| r
+                .lateness_us
+                .map_or_else(|| "n/a".into(), |l| format!("{:.0}", l[1]))),
+            per_mode(p, |r| format!("{:.2}", r.wall_s)),
+            p.mode(Mode::Lazy)
+                .and_then(|r| Some(format!("{} / {}", r.host_rearms?, r.host_injections?)))
+                .unwrap_or_else(|| "n/a".into()),
+            fmt_ratio(p.lazy_eager_exits(), 4),
+            fmt_ratio(p.lazy_kernel_cycles(), 3),
+            fmt_ratio(p.lazy_exits_per_trap(), 3),
+        );
+    }
+    s
+}
+
+/// The protocol targets, each checked against the measurements.
+pub fn targets(points: &[Point]) -> String {
+    let mut s = String::new();
+    let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+
+    let floor: Vec<(u64, u64, Option<f64>)> = points
+        .iter()
+        .map(|p| (p.depth, p.timeout_us, p.lazy_exits_per_trap()))
+        .collect();
+    let worst = floor
+        .iter()
+        .filter_map(|&(d, t, r)| r.map(|r| (d, t, r)))
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    let all_ok = floor
+        .iter()
+        .all(|&(_, _, r)| r.is_some_and(|r| r <= FLOOR_TARGET));
+    match worst {
+        Some((d, t, r)) => {
+            let _ = writeln!(
+                s,
+                "- lazy trapped writes within 5% of the protocol floor (necessary traps) at every point: \
+                 {} (worst lazy exits / necessary traps {r:.3}, at depth {d}, timeout {t} us)",
+                mark(all_ok)
+            );
+        }
+        None => s.push_str("- lazy trapped writes within 5% of the protocol floor: not measured\n"),
+    }
+
+    let at_target: Vec<&Point> = points.iter().filter(|p| p.depth == TARGET_DEPTH).collect();
+    if at_target.is_empty() {
+        let _ = writeln!(
+            s,
+            "- depth {TARGET_DEPTH} targets: depth {TARGET_DEPTH} not in this sweep"
+        );
+        return s;
+    }
+    for p in &at_target {
+        let r = p.lazy_eager_exits();
+        let _ = writeln!(
+            s,
+            "- TSC-deadline exits at depth {TARGET_DEPTH}, timeout {} us, at most 3% of eager's: {} \
+             (lazy/eager {})",
+            p.timeout_us,
+            mark(r.is_some_and(|r| r <= EXIT_TARGET)),
+            fmt_ratio(r, 4)
+        );
+    }
+    for p in &at_target {
+        let r = p.lazy_kernel_cycles();
+        let _ = writeln!(
+            s,
+            "- guest cycles per deadline write at depth {TARGET_DEPTH}, timeout {} us, at least 10x lower \
+             in lazy than in kernel mode: {} (lazy/kernel {})",
+            p.timeout_us,
+            mark(r.is_some_and(|r| r <= CYCLE_TARGET)),
+            fmt_ratio(r, 3)
+        );
+    }
+    s
+}
+
+/// The whole markdown document: workload, table, targets and notes.
+pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
+    let w = &a.base;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Sweep: {} vCPUs x {} requests per point, seed {}, early {}/1000, cancel 1/{}; \
+         depths {:?} x timeouts {:?} us x modes kernel / eager / lazy ({} runs, {:.0} s).\n",
+        w.vcpus,
+        w.requests,
+        w.seed,
+        w.early_per_mille,
+        w.cancel_one_in,
+        a.depths,
+        a.timeouts_us,
+        points.len() * Mode::ALL.len(),
+        sweep_wall_s
+    );
+    s.push_str(&to_table(points));
+    s.push('\n');
+    s.push_str("Targets:\n\n");
+    s.push_str(&targets(points));
+    s.push('\n');
+    s.push_str(
+        "Notes: k / e / l = kernel / eager / lazy. Kernel mode handles IA32_TSC_DEADLINE inside KVM, \
+         so its exits are not visible to the VMM (n/a). Host re-arms are expiries of the host timer \
+         that found a later deadline in `pending` and re-armed without interrupting the guest. \
+         Necessary traps are the writes the guest's \
+         protocol code had to trap (every write without the lazy protocol); the VMM counts the exits \
+         independently and any mismatch is reported as a violation.\n",
+    );
+    let runs = points.iter().map(|p| p.reports.len()).sum::<usize>();
+    let emulated = points
+        .iter()
+        .flat_map(|p| p.reports.iter())
+        .filter(|r| r.emulated())
+        .count();
+    if emulated > 0 {
+        let _ = writeln!(
+            s,
+            "\nWARNING: in {emulated} of {runs} runs KVM executed the guest in its instruction emulator \
+             (insn_emulation statistic above the number of deadline writes): guest cycle figures measure \
+             emulated instructions, not hardware, and the lazy/kernel cycle ratio says nothing about \
+             native cost."
+        );
+    }
+    s
+}
+
+/// Exits over depth and cycles per write over depth, one line per mode
+/// and timeout.
+fn panels(points: &[Point], timeouts: &[u64]) -> Vec<Panel> {
+    let line = |mode: Mode, timeout_us: u64, f: &dyn Fn(&ModeReport) -> Option<f64>| Line {
+        mode,
+        timeout_us,
+        points: points
+            .iter()
+            .filter(|p| p.timeout_us == timeout_us)
+            .filter_map(|p| Some((p.depth as f64, f(p.mode(mode)?)?)))
+            .collect(),
+    };
+    let mut exits = Vec::new();
+    let mut cycles = Vec::new();
+    for &t in timeouts {
+        for mode in Mode::ALL {
+            if mode != Mode::Kernel {
+                exits.push(line(mode, t, &|r| r.tsc_deadline_exits.map(|v| v as f64)));
+            }
+            cycles.push(line(mode, t, &|r| Some(r.cycles_per_write)));
+        }
+    }
+    vec![
+        Panel {
+            title: "IA32_TSC_DEADLINE exits to the VMM (eager: every write)".into(),
+            y_desc: "exits (log)".into(),
+            lines: exits,
+        },
+        Panel {
+            title: "guest TSC cycles per deadline write".into(),
+            y_desc: "cycles per write (log)".into(),
+            lines: cycles,
+        },
+    ]
+}
+
+/// Writes `sweep.json`, `sweep.md` and `sweep.svg` into `dir`.
+pub fn write_files(dir: &Path, a: &SweepArgs, points: &[Point], wall_s: f64) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    write("sweep.json", &to_json(a, points, wall_s))?;
+    write("sweep.md", &to_markdown(a, points, wall_s))?;
+    let w = &a.base;
+    let caption = format!(
+        "mini-vmm sweep: {} vCPUs x {} requests per point, three modes per depth and timeout",
+        w.vcpus, w.requests
+    );
+    let svg = plot::render_svg(&caption, &panels(points, &a.timeouts_us), &a.timeouts_us)?;
+    write("sweep.svg", &svg)
+}
+
+/// Entry point of `mini-vmm sweep`; `args` are the arguments after
+/// `sweep`.
+pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let a = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Instant::now();
+    let points = match run_points(&a) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mini-vmm: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let wall_s = start.elapsed().as_secs_f64();
+    print!("{}", to_markdown(&a, &points, wall_s));
+    if let Err(e) = write_files(&a.out, &a, &points, wall_s) {
+        eprintln!("mini-vmm: error: {e}");
+        return ExitCode::from(2);
+    }
+    eprintln!(
+        "mini-vmm: sweep took {wall_s:.0} s; wrote sweep.json, sweep.md and sweep.svg to {}",
+        a.out.display()
+    );
+    let violations = violations(&points);
+    if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for v in &violations {
+            eprintln!("mini-vmm: protocol violation: {v}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_sorted_deduplicated_and_positive() {
+        assert_eq!(parse_list("--depths", "16,1,16,4").unwrap(), vec![1, 4, 16]);
+        assert!(parse_list("--depths", "0,4").is_err());
+        assert!(parse_list("--depths", "x").is_err());
+        assert!(parse_list("--depths", "").is_err());
+    }
+
+    #[test]
+    fn defaults_and_options() {
+        let a = parse_args(Vec::new()).unwrap();
+        assert_eq!(a.depths, DEFAULT_DEPTHS);
+        assert_eq!(a.timeouts_us, DEFAULT_TIMEOUTS_US);
+        assert_eq!(a.base.requests, DEFAULT_REQUESTS);
+        let a = parse_args(
+            [
+                "--out",
+                "d",
+                "--requests",
+                "5",
+                "--vcpus",
+                "1",
+                "--timeouts-us",
+                "7",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        assert_eq!(a.out, PathBuf::from("d"));
+        assert_eq!((a.base.requests, a.base.vcpus), (5, 1));
+        assert_eq!(a.timeouts_us, vec![7]);
+        assert!(parse_args(["--bogus".to_string()]).is_err());
+        assert!(parse_args(["--requests".to_string()]).is_err());
+    }
+}

@@ -276,6 +276,27 @@ impl Scenario {
             .map_err(|what| ScenarioError::Inconsistent { step, what })
     }
 
+    /// After a reset or a registration write: nothing armed on the host, and
+    /// `armed` cleared in the struct that was registered. (A hostile guest
+    /// may have dropped the registration behind its setter's back with raw
+    /// MSR writes and scribbled `armed` since; the host must not write to an
+    /// unregistered struct, so `armed` is only checked for honest guests.)
+    fn check_dropped(&self, step: usize, what: &str) -> Result<(), ScenarioError> {
+        let deadline = self.vcpu.host().deadline();
+        let timer = self.vcpu.timer().deadline();
+        let (armed, _) = self.vcpu.shared_fields();
+        let armed_left = self.honest && armed != 0;
+        if deadline != 0 || timer.is_some() || armed_left {
+            return Err(ScenarioError::Inconsistent {
+                step,
+                what: format!(
+                    "after {what}: host deadline {deadline}, host timer {timer:?}, armed in memory {armed}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the interrupts injected during `step` against the oracle.
     fn check_interrupts(&mut self, step: usize) -> Result<(), ScenarioError> {
         let log = self.vcpu.interrupts();
@@ -310,7 +331,8 @@ impl Scenario {
             Op::Register if lazy => match self.vcpu.register() {
                 Ok(()) => {
                     self.registration_written = true;
-                    self.reference.registration_write(now)
+                    self.reference.registration_write(now);
+                    self.check_dropped(step, "registration")?;
                 }
                 Err(e) => {
                     return Err(ScenarioError::Refused {
@@ -323,12 +345,14 @@ impl Scenario {
                 self.vcpu.unregister();
                 self.registration_written = true;
                 self.reference.registration_write(now);
+                self.check_dropped(step, "disable")?;
             }
             Op::Register | Op::Unregister => {}
             Op::Reset => {
                 self.vcpu.reset();
                 self.reference.reset();
                 self.last = 0;
+                self.check_dropped(step, "reset")?;
             }
             Op::WriteIn(d) => self.write(step, now.saturating_add(d))?,
             Op::WriteLater(d) => self.write(step, self.base().saturating_add(d))?,

@@ -17,7 +17,7 @@ use lazy_tscdeadline_host::Counters;
 use serde_json::json;
 
 use crate::layout::Results;
-use crate::report::ModeReport;
+use crate::report::{self, ModeReport};
 use crate::vm::{self, Mode, ModeRun, Workload};
 
 /// Host timer events (expiries handled, re-arms, immediate injections) the
@@ -249,12 +249,5 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
             attacked_share / base_share.max(1e-9)
         );
     }
-    if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for v in &violations {
-            eprintln!("mini-vmm: hostile check failed: {v}");
-        }
-        ExitCode::from(1)
-    }
+    report::exit_status(&violations, "hostile check failed")
 }

@@ -139,12 +139,5 @@ fn main() -> ExitCode {
         print!("{}", report::to_table(&reports));
     }
     let violations: Vec<String> = reports.iter().flat_map(ModeReport::violations).collect();
-    if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for v in &violations {
-            eprintln!("mini-vmm: protocol violation: {v}");
-        }
-        ExitCode::from(1)
-    }
+    report::exit_status(&violations, "protocol violation")
 }

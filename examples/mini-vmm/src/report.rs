@@ -1,6 +1,8 @@
 //! Turning the runs into numbers: the comparison table, ratios, JSON, and
 //! the protocol checks that decide the exit status.
 
+use std::process::ExitCode;
+
 use serde_json::{json, Value};
 
 use crate::vm::{Mode, ModeRun};
@@ -340,4 +342,17 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         ));
     }
     out
+}
+
+/// The exit status for a finished run: success without violations, else 1
+/// after printing each one to stderr as `mini-vmm: {what}: {violation}`.
+pub fn exit_status(violations: &[String], what: &str) -> ExitCode {
+    for v in violations {
+        eprintln!("mini-vmm: {what}: {v}");
+    }
+    if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

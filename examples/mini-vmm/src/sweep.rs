@@ -25,7 +25,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::plot::{self, Line, Panel};
-use crate::report::ModeReport;
+use crate::report::{self, ModeReport};
 use crate::vm::{self, Mode, Workload};
 
 /// Usage of the `sweep` subcommand.
@@ -512,14 +512,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         a.out.display()
     );
     let violations = violations(&points);
-    if violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for v in &violations {
-            eprintln!("mini-vmm: protocol violation: {v}");
-        }
-        ExitCode::from(1)
-    }
+    report::exit_status(&violations, "protocol violation")
 }
 
 #[cfg(test)]

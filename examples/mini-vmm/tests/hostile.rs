@@ -2,7 +2,7 @@
 //! lazy-mode VM (`mini-vmm hostile`). Skipped (with a visible message) when
 //! /dev/kvm cannot be opened.
 
-use std::process::Command;
+mod common;
 
 use serde_json::Value;
 
@@ -17,31 +17,10 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 
 #[test]
 fn hostile_guest_gets_gp_where_the_spec_says_and_cannot_disturb_an_honest_vcpu() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        println!(
-            "SKIPPED: /dev/kvm cannot be opened ({e}); the hostile-guest KVM test did not run"
-        );
-        eprintln!(
-            "SKIPPED: /dev/kvm cannot be opened ({e}); the hostile-guest KVM test did not run"
-        );
+    if !common::kvm_usable("the hostile-guest KVM test") {
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
-        .args(["hostile", "--json", "--requests", "600", "--seed", "3"])
-        .output()
-        .expect("spawning mini-vmm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Exit status 1 is a failed check, 2 an error (the VMM did not survive).
-    assert!(
-        out.status.success(),
-        "mini-vmm hostile failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = common::mini_vmm(["hostile", "--json", "--requests", "600", "--seed", "3"]);
     let j: Value = serde_json::from_str(&stdout).expect("JSON output");
     assert_eq!(j["violations"].as_array().map(Vec::len), Some(0), "{j}");
 

@@ -2,7 +2,7 @@
 //! `mini-vmm` binary and checks the protocol's properties. Skipped (with a
 //! visible message) when /dev/kvm cannot be opened.
 
-use std::process::Command;
+mod common;
 
 use serde_json::Value;
 
@@ -17,40 +17,24 @@ fn field(mode: &Value, name: &str) -> u64 {
 
 #[test]
 fn every_mode_runs_and_lazy_traps_only_when_needed() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        println!("SKIPPED: /dev/kvm cannot be opened ({e}); the mini-vmm KVM test did not run");
-        eprintln!("SKIPPED: /dev/kvm cannot be opened ({e}); the mini-vmm KVM test did not run");
+    if !common::kvm_usable("the mini-vmm KVM test") {
         return;
     }
     // A generous timeout: on a slow (emulating) host a deadline could
     // otherwise expire while the guest is still pushing it, which adds
     // legitimate traps and blurs the lazy/eager ratio.
-    let out = Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
-        .args([
-            "compare",
-            "--json",
-            "--requests",
-            "150",
-            "--vcpus",
-            "2",
-            "--seed",
-            "7",
-            "--timeout-us",
-            "4000",
-        ])
-        .output()
-        .expect("spawning mini-vmm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mini-vmm failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = common::mini_vmm([
+        "compare",
+        "--json",
+        "--requests",
+        "150",
+        "--vcpus",
+        "2",
+        "--seed",
+        "7",
+        "--timeout-us",
+        "4000",
+    ]);
     let json: Value = serde_json::from_str(&stdout).expect("JSON output");
     let modes = json["modes"].as_array().expect("modes");
     let by = |name: &str| {

@@ -3,8 +3,9 @@
 //! timeout, a plot with lines, and lazy never exiting more than eager.
 //! Skipped (with a visible message) when /dev/kvm cannot be opened.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -37,33 +38,24 @@ fn count(m: &Value, name: &str) -> u64 {
 
 #[test]
 fn tiny_sweep_writes_table_json_and_plot() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        println!("SKIPPED: /dev/kvm cannot be opened ({e}); the mini-vmm sweep test did not run");
-        eprintln!("SKIPPED: /dev/kvm cannot be opened ({e}); the mini-vmm sweep test did not run");
+    if !common::kvm_usable("the mini-vmm sweep test") {
         return;
     }
     let dir = out_dir();
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let out = Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
-        .arg("sweep")
-        .arg("--out")
-        .arg(&dir)
-        .args(["--requests", "20", "--vcpus", "2"])
-        .args(["--depths", &list(&DEPTHS)])
-        .args(["--timeouts-us", &list(&TIMEOUTS_US)])
-        .output()
-        .expect("spawning mini-vmm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mini-vmm sweep failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = common::mini_vmm([
+        "sweep".into(),
+        "--out".into(),
+        dir.clone().into_os_string(),
+        "--requests".into(),
+        "20".into(),
+        "--vcpus".into(),
+        "2".into(),
+        "--depths".into(),
+        list(&DEPTHS).into(),
+        "--timeouts-us".into(),
+        list(&TIMEOUTS_US).into(),
+    ] as [std::ffi::OsString; 11]);
 
     // The markdown: written, printed, one row per point in sweep order.
     let md = std::fs::read_to_string(dir.join("sweep.md")).expect("sweep.md");

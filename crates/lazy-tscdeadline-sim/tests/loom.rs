@@ -10,12 +10,15 @@
 //!
 //! Under every interleaving (up to the preemption bound) each scenario
 //! checks:
-//! - no early or spurious interrupt: an interrupt never arrives before the
-//!   deadline of a guest write that had already completed, nor after a
-//!   completed cancellation; no deadline fires twice;
+//! - no early or spurious interrupt: no injection comes before the earliest
+//!   deadline that may be current (that of the last completed write, or of
+//!   a write in flight if earlier), nor after a completed cancellation, LVT
+//!   mask, unregistration or reset; the guest takes at most one interrupt
+//!   per deadline write (injections merge in the IRR, as in a LAPIC, while
+//!   the guest writes with interrupts disabled);
 //! - no lost deadline: once both threads are done, the guest's last deadline
 //!   either has fired or has a host timer armed, and fires when the host
-//!   timer does;
+//!   timer does, exactly once;
 //! - `armed` never stale: whenever the threads are quiescent, a non-zero
 //!   `armed` in guest memory is exactly the deadline the host timer is
 //!   armed for.

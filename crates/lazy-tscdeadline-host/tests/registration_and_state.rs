@@ -47,6 +47,14 @@ fn timer(mem: &GuestMemoryMmap, advertised: bool) -> Host<'_> {
     timer_with_clock(mem, advertised, Box::leak(Box::default()))
 }
 
+/// A timer with the struct registered at 0x1000 and deadline 100 armed.
+fn registered_and_armed(mem: &GuestMemoryMmap) -> Host<'_> {
+    let mut t = timer(mem, true);
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+    t
+}
+
 fn timer_with_clock<'a>(
     mem: &'a GuestMemoryMmap,
     advertised: bool,
@@ -150,9 +158,7 @@ fn host_writes_only_armed_of_the_registered_struct() {
 #[test]
 fn host_never_trusts_armed_in_guest_memory() {
     let mem = memory();
-    let mut t = timer(&mem, true);
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+    let mut t = registered_and_armed(&mem);
     // The guest scribbles `armed`; pending stays at the real deadline.
     mem.write_obj(100u64, GuestAddress(0x1008)).unwrap();
     mem.write_obj(7u64, GuestAddress(0x1000)).unwrap();
@@ -195,9 +201,7 @@ fn hostile_pending_values_are_bounded() {
 #[test]
 fn snapshot_versions_and_inconsistencies_are_rejected() {
     let mem = memory();
-    let mut t = timer(&mem, true);
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+    let t = registered_and_armed(&mem);
     let good = t.state();
     assert_eq!(good.version, STATE_VERSION);
     let restore = |s: &TimerState| {
@@ -277,9 +281,7 @@ fn snapshot_versions_and_inconsistencies_are_rejected() {
 #[test]
 fn state_round_trips_through_json() {
     let mem = memory();
-    let mut t = timer(&mem, true);
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+    let t = registered_and_armed(&mem);
     let s = t.state();
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<TimerState>(&json).unwrap(), s);

@@ -486,12 +486,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         .iter()
         .map(|t| t.lock().unwrap().counters())
         .collect();
-    let host_counters = (!timers.is_empty()).then(|| {
-        timers
-            .iter()
-            .map(|t| t.lock().unwrap().counters())
-            .sum::<Counters>()
-    });
+    let host_counters = (!vcpu_counters.is_empty()).then(|| vcpu_counters.iter().copied().sum());
     Ok(ModeRun {
         mode,
         tsc_khz,

@@ -1,7 +1,13 @@
-//! x86-64 plumbing of the guest: interrupt entry stubs, the IDT, the x2APIC
-//! and port I/O.
+//! x86-64 plumbing of the guest: interrupt entry stubs, the IDT, the x2APIC,
+//! port I/O, and the two ways of waiting for an interrupt: `sti; hlt` when
+//! KVM runs (or emulates) the guest with a real interrupt flag, and the PVM
+//! virtual interrupt flag once the guest switched to native execution on a
+//! PVM host.
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use crate::layout::{MAX_CPUS, MSR_PVM_VIF_PAGE, STACKS_GPA, STACK_STRIDE, VIF_GPA};
 
 /// x2APIC MSRs.
 pub const MSR_APIC_BASE: u32 = 0x1b;
@@ -239,14 +245,62 @@ pub fn install_idt(cpu: usize) {
     }
 }
 
+/// The vCPU whose stack `sp` lies on (all stacks, including IST1, lie in
+/// the vCPU's own stack area).
+pub fn cpu_from_stack(sp: u64) -> usize {
+    (sp.wrapping_sub(STACKS_GPA) / STACK_STRIDE) as usize % MAX_CPUS
+}
+
+/// The vCPU running this code.
+fn this_cpu() -> usize {
+    let sp: u64;
+    // SAFETY: reads the stack pointer, nothing else.
+    unsafe { asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    cpu_from_stack(sp)
+}
+
+/// Per-vCPU count of executed instructions that trap to KVM (see
+/// `Results::trapping_insns`), except the protocol's own deadline WRMSRs,
+/// which `DeadlineSetter` counts.
+pub static TRAPPING: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Counts `n` trapping instructions of this vCPU.
+fn count_traps(n: u64) {
+    TRAPPING[this_cpu()].fetch_add(n, Relaxed);
+}
+
+/// Whether each vCPU switched to native execution (see [`go_native`]).
+static NATIVE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// This vCPU's VIF page (identity mapped).
+fn vif(cpu: usize) -> *mut u8 {
+    (VIF_GPA + cpu as u64 * 0x1000) as *mut u8
+}
+
+/// Switches vCPU `cpu` to native execution on a PVM host: from now on its
+/// CPL0 code runs at hardware speed, `cpuid` returns the host's raw CPUID
+/// (so every CPUID check must come before), and `sti`/`cli` no longer change
+/// the interrupt flag: byte 0 of the VIF page does.
+pub fn go_native(cpu: usize) {
+    wrmsr(MSR_PVM_VIF_PAGE, vif(cpu) as u64);
+    NATIVE[cpu].store(true, Relaxed);
+}
+
+/// Whether vCPU `cpu` switched to native execution.
+pub fn is_native(cpu: usize) -> bool {
+    NATIVE[cpu].load(Relaxed)
+}
+
 /// Writes an MSR that is not part of the protocol (APIC set-up, EOI).
 pub fn wrmsr(index: u32, value: u64) {
     use lazy_tscdeadline_guest::MsrWriter;
+    count_traps(1);
     lazy_tscdeadline_guest::x86::X86Msr.write_msr(index, value);
 }
 
 /// Reads an MSR.
 pub fn rdmsr(index: u32) -> u64 {
+    count_traps(1);
     // SAFETY: the guest runs at CPL 0 and only reads MSRs the (virtual) CPU
     // implements.
     unsafe { lazy_tscdeadline_guest::x86::read_msr(index) }
@@ -274,18 +328,74 @@ pub fn eoi() {
 
 /// `out dx, eax`.
 pub fn outl(port: u16, value: u32) {
+    count_traps(1);
     // SAFETY: port I/O to the VMM's signalling ports has no memory effect.
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     }
 }
 
-/// Enables interrupts and halts until one arrives (atomically: `sti` takes
-/// effect after `hlt` starts), then disables them again.
-pub fn wait_for_interrupt() {
-    // SAFETY: masking/unmasking interrupts is sound at CPL 0 (not `nomem`:
-    // it orders memory accesses around the wait); the handlers run on IST1 and preserve all state.
-    unsafe { asm!("sti", "hlt", "cli", options(nostack)) }
+// The native wait: virtual IF on, `hlt`, virtual IF off. An interrupt that
+// is delivered anywhere from the first instruction up to the `hlt` (a PVM
+// host delivers a held interrupt at the trapping `hlt`, with RIP still on
+// it) must not return into the `hlt`, or the vCPU would sleep past the
+// wake-up it just took: `resume_after_native_wait` moves such a frame's RIP
+// to `native_wait_end`.
+global_asm!(
+    r#"
+    .section .text.native_wait, "ax"
+    .global native_wait
+native_wait:
+    mov byte ptr [rdi], 1
+    .global native_wait_hlt
+native_wait_hlt:
+    hlt
+    .global native_wait_end
+native_wait_end:
+    mov byte ptr [rdi], 0
+    ret
+"#
+);
+
+extern "C" {
+    /// Waits for one interrupt with the PVM virtual IF (`vif` = VIF page).
+    fn native_wait(vif: *mut u8);
+    static native_wait_hlt: u8;
+    static native_wait_end: u8;
+}
+
+/// Called first for every interrupt and exception: if it interrupted the
+/// native wait before its `hlt` completed, resumes after the `hlt`.
+pub fn resume_after_native_wait(frame: &mut Frame) {
+    let start = native_wait as usize as u64;
+    // SAFETY: only the addresses of the labels are taken, nothing is read.
+    let (hlt, end) = unsafe {
+        (
+            core::ptr::addr_of!(native_wait_hlt) as u64,
+            core::ptr::addr_of!(native_wait_end) as u64,
+        )
+    };
+    if (start..=hlt).contains(&frame.rip) {
+        frame.rip = end;
+    }
+}
+
+/// Enables interrupts and halts until one arrives, then disables them again:
+/// `sti; hlt; cli` (atomic: `sti` takes effect after `hlt` starts), or the
+/// virtual-IF wait once this vCPU runs natively on a PVM host.
+pub fn wait_for_interrupt(cpu: usize) {
+    if is_native(cpu) {
+        count_traps(1);
+        // SAFETY: the VIF page of this vCPU is identity-mapped RAM reserved
+        // for it; `native_wait` only writes its byte 0 and halts.
+        unsafe { native_wait(vif(cpu)) }
+    } else {
+        count_traps(3);
+        // SAFETY: masking/unmasking interrupts is sound at CPL 0 (not
+        // `nomem`: it orders memory accesses around the wait); the handlers
+        // run on IST1 and preserve all state.
+        unsafe { asm!("sti", "hlt", "cli", options(nostack)) }
+    }
 }
 
 /// Halts forever.
@@ -299,13 +409,11 @@ pub fn halt_forever() -> ! {
 /// Per-vCPU "a #GP is allowed now" flags for [`wrmsr_catch_gp`] and
 /// [`rdmsr_catch_gp`]: the #GP handler clears the flag and skips the
 /// faulting instruction instead of reporting a fault.
-pub static EXPECT_GP: [core::sync::atomic::AtomicBool; crate::layout::MAX_CPUS] =
-    [const { core::sync::atomic::AtomicBool::new(false) }; crate::layout::MAX_CPUS];
+pub static EXPECT_GP: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// Called by the #GP handler: if `cpu` allowed a #GP and the faulting
 /// instruction is a WRMSR or RDMSR, skips it and returns true.
 pub fn skip_caught_gp(cpu: usize, frame: &mut Frame) -> bool {
-    use core::sync::atomic::Ordering::Relaxed;
     if !EXPECT_GP[cpu].load(Relaxed) {
         return false;
     }
@@ -322,7 +430,7 @@ pub fn skip_caught_gp(cpu: usize, frame: &mut Frame) -> bool {
 
 /// WRMSR that reports whether it raised #GP instead of faulting.
 pub fn wrmsr_catch_gp(cpu: usize, index: u32, value: u64) -> bool {
-    use core::sync::atomic::Ordering::Relaxed;
+    count_traps(1);
     EXPECT_GP[cpu].store(true, Relaxed);
     // SAFETY: CPL 0; a #GP is caught by `skip_caught_gp`, which resumes after
     // this instruction. Not `nomem`: the handler writes `EXPECT_GP`.
@@ -335,7 +443,7 @@ pub fn wrmsr_catch_gp(cpu: usize, index: u32, value: u64) -> bool {
 
 /// RDMSR that returns `None` if it raised #GP instead of faulting.
 pub fn rdmsr_catch_gp(cpu: usize, index: u32) -> Option<u64> {
-    use core::sync::atomic::Ordering::Relaxed;
+    count_traps(1);
     EXPECT_GP[cpu].store(true, Relaxed);
     let (lo, hi): (u32, u32);
     // SAFETY: as for `wrmsr_catch_gp`; on #GP the outputs keep the zeros
@@ -348,8 +456,24 @@ pub fn rdmsr_catch_gp(cpu: usize, index: u32) -> Option<u64> {
     (!gp).then_some(u64::from(hi) << 32 | u64::from(lo))
 }
 
-/// Lets pending interrupts in for one instruction.
-pub fn interrupt_window() {
-    // SAFETY: as for `wait_for_interrupt`, without halting.
-    unsafe { asm!("sti", "nop", "cli", options(nostack)) }
+/// Lets pending interrupts in for one instruction (natively: virtual IF on,
+/// a trapping `sti` if the host holds an interrupt, virtual IF off).
+pub fn interrupt_window(cpu: usize) {
+    if is_native(cpu) {
+        let v = vif(cpu);
+        // SAFETY: the VIF page of this vCPU is identity-mapped RAM reserved
+        // for it, shared with the host; volatile accesses keep the order.
+        unsafe {
+            v.write_volatile(1);
+            if v.add(1).read_volatile() != 0 {
+                count_traps(1);
+                asm!("sti", options(nostack));
+            }
+            v.write_volatile(0);
+        }
+    } else {
+        count_traps(2);
+        // SAFETY: as for `wait_for_interrupt`, without halting.
+        unsafe { asm!("sti", "nop", "cli", options(nostack)) }
+    }
 }

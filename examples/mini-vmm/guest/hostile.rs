@@ -141,7 +141,7 @@ pub fn run(cpu: usize, p: &Params, area: *mut LazyTscDeadline, gpa: u64) {
                 unsafe { addr_of_mut!((*area).flags).write_volatile(rng.next() as u32) };
             }
         }
-        arch::interrupt_window();
+        arch::interrupt_window(cpu);
     }
     report!(cpu, hostile_ops, p.requests);
     report!(cpu, hostile_stores, h.stores);

@@ -16,6 +16,11 @@ pub const RESULTS_GPA: u64 = 0x10000;
 pub const RESULTS_STRIDE: u64 = 0x1000;
 /// Identity-mapping page tables (PML4, PDPT, PD).
 pub const PML4_GPA: u64 = 0x20000;
+/// Per-vCPU PVM "VIF" pages, `VIF_GPA + cpu * 0x1000` (zeroed RAM): once a
+/// vCPU switched to native execution, byte 0 of its page is its virtual
+/// interrupt flag and byte 1 is set by the host while it holds an
+/// interrupt for the vCPU.
+pub const VIF_GPA: u64 = 0x30000;
 /// Where the flat guest image is loaded; also its entry point.
 pub const IMAGE_GPA: u64 = 0x10_0000;
 /// Largest image (code + data + bss) the layout leaves room for.
@@ -42,6 +47,17 @@ pub const PORT_DONE: u16 = 0x501;
 /// Guest writes its vCPU index here after an unexpected exception or a
 /// panic; details are in its result page.
 pub const PORT_FAULT: u16 = 0x502;
+
+/// MSR through which a guest on a PVM host (the `kvm_pvm` module: software
+/// virtualization without VMX/SVM) switches its CPL0 code from KVM's
+/// instruction emulator to native execution by writing the guest-physical
+/// address of its VIF page.
+pub const MSR_PVM_VIF_PAGE: u32 = 0x4b56_4d10;
+/// MSR that reads [`PVM_SIGNATURE`] on a PVM host (read by the VMM with
+/// `KVM_GET_MSRS`).
+pub const MSR_PVM_SIGNATURE: u32 = 0x4b56_4d11;
+/// "PVM".
+pub const PVM_SIGNATURE: u64 = 0x4d_5650;
 
 /// Vector the guest programs into its LVT timer.
 pub const TIMER_VECTOR: u8 = 0xec;
@@ -96,6 +112,9 @@ pub struct Params {
     /// Size of guest RAM (one region from 0), for the hostile program's
     /// out-of-RAM registrations.
     pub mem_size: u64,
+    /// 1: switch to native execution through [`MSR_PVM_VIF_PAGE`] after the
+    /// CPUID checks and the lazy registration (PVM hosts only).
+    pub native: u64,
 }
 
 /// Per-vCPU results (all `u64`).
@@ -158,4 +177,11 @@ pub struct Results {
     /// Hostile program: accesses whose #GP (or its absence), or whose
     /// RDMSR value, differed from the spec.
     pub gp_mismatch: u64,
+    /// 1 if the guest switched itself to native execution (PVM).
+    pub native_switched: u64,
+    /// Instructions the guest executed between READY and DONE that trap to
+    /// KVM (`wrmsr`, `rdmsr`, `hlt`, `sti`, `cli`, `out`), counted by the
+    /// guest itself: the VMM compares KVM's `insn_emulation` with it to tell
+    /// native from emulated execution.
+    pub trapping_insns: u64,
 }

@@ -158,7 +158,7 @@ impl Workload<'_> {
             if rdtsc() > deadline.saturating_add(bound) {
                 break false;
             }
-            arch::wait_for_interrupt();
+            arch::wait_for_interrupt(self.cpu);
         };
         report!(self.cpu, waiting_for, 0);
         ok
@@ -199,14 +199,29 @@ fn run(cpu: usize, p: &Params) {
         report!(cpu, lazy_gpa, gpa);
         lazy_area = Some((area, gpa));
     }
+    // Every CPUID check and the registration are done: only now may the
+    // guest leave the emulator (natively, `cpuid` shows the host's CPUID).
+    if p.native == 1 {
+        arch::go_native(cpu);
+        report!(cpu, native_switched, 1);
+    }
     // Boot probe: one direct write of 0 (disarm) to IA32_TSC_DEADLINE, so
     // the VMM can check the MSR really exits to userspace before the
     // workload. Not a deadline write of the workload.
     X86Msr.write_msr(MSR_IA32_TSC_DEADLINE, 0);
     arch::outl(PORT_READY, cpu as u32);
+    // Trapping instructions from here to DONE (KVM's statistics are read
+    // at the READY and DONE exits), plus the DONE `out` itself.
+    let traps_at_ready = arch::TRAPPING[cpu].load(Relaxed);
+    let trapping_since_ready =
+        move |protocol_traps: u64| arch::TRAPPING[cpu].load(Relaxed) - traps_at_ready + protocol_traps + 1;
     if (cpu as u64) < p.hostile_vcpus {
         match lazy_area {
-            Some((area, gpa)) => return hostile::run(cpu, p, area, gpa),
+            Some((area, gpa)) => {
+                hostile::run(cpu, p, area, gpa);
+                report!(cpu, trapping_insns, trapping_since_ready(0));
+                return;
+            }
             None => panic!("the hostile program needs lazy mode"),
         }
     }
@@ -257,13 +272,8 @@ fn run(cpu: usize, p: &Params) {
         samples,
         state.samples.load(Relaxed).min(SAMPLES_PER_CPU)
     );
+    report!(cpu, trapping_insns, trapping_since_ready(stats.traps));
     report!(cpu, done, 1);
-}
-
-/// The vCPU an interrupt or panic happened on, from the stack pointer (all
-/// stacks, including IST1, lie in the vCPU's own stack area).
-fn cpu_from_stack(sp: u64) -> usize {
-    (sp.wrapping_sub(STACKS_GPA) / STACK_STRIDE) as usize % MAX_CPUS
 }
 
 fn on_timer(cpu: usize) {
@@ -294,7 +304,8 @@ fn on_timer(cpu: usize) {
 /// Called by `isr_common` for every interrupt and exception.
 #[no_mangle]
 extern "C" fn isr_dispatch(frame: &mut arch::Frame) {
-    let cpu = cpu_from_stack(frame as *mut arch::Frame as u64);
+    arch::resume_after_native_wait(frame);
+    let cpu = arch::cpu_from_stack(frame as *mut arch::Frame as u64);
     match frame.vector as u8 {
         arch::TIMER_VECTOR => {
             on_timer(cpu);
@@ -320,7 +331,7 @@ extern "C" fn isr_dispatch(frame: &mut arch::Frame) {
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     let marker = 0u8;
-    let cpu = cpu_from_stack(addr_of!(marker) as u64);
+    let cpu = arch::cpu_from_stack(addr_of!(marker) as u64);
     report!(cpu, fault_kind, FAULT_PANIC);
     arch::outl(PORT_FAULT, cpu as u32);
     arch::halt_forever()

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Mode, ModeRun, Workload};
+use crate::vm::{self, Execution, Mode, ModeRun, Workload};
 
 /// Host timer events (expiries handled, re-arms, immediate injections) the
 /// hostile vCPU may cause per store or MSR write it makes, plus
@@ -102,6 +102,7 @@ fn split(run: ModeRun) -> (ModeRun, Vec<HostileFigures>) {
     let honest = ModeRun {
         mode: run.mode,
         tsc_khz: run.tsc_khz,
+        pvm_native: run.pvm_native,
         vcpus: honest_vcpus,
         results: honest_results,
         lateness_cycles: run.lateness_cycles,
@@ -130,6 +131,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
         vcpus: 2,
         early_per_mille: 10,
         cancel_one_in: 8,
+        execution: Execution::Auto,
     };
     let mut json_out = false;
     let mut it = args;
@@ -146,8 +148,10 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
             "--requests" => num("--requests").map(|n| w.requests = n),
             "--seed" => num("--seed").map(|n| w.seed = n),
             "--vcpus" => num("--vcpus").map(|n| w.vcpus = n.clamp(2, 16) as u32),
+            "--execution" => Execution::parse(it.next()).map(|e| w.execution = e),
             other => Err(format!(
-                "unknown argument {other}\nusage: mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]"
+                "unknown argument {other}\nusage: mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] \
+                 [--execution native|emulated|auto]"
             )),
         };
         if let Err(e) = r {

@@ -9,6 +9,7 @@
 //! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths LIST] [--timeouts-us LIST]
 //! options: --requests N --depth N --timeout-us N --seed N --vcpus N
 //!          --early-per-mille N --cancel-one-in N --json
+//!          --execution native|emulated|auto (also for hostile and sweep)
 //! ```
 //! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
 //! (including a missing /dev/kvm or KVM capability).
@@ -28,7 +29,7 @@ mod vm;
 use std::process::ExitCode;
 
 use report::ModeReport;
-use vm::{Mode, Workload};
+use vm::{Execution, Mode, Workload};
 
 struct Args {
     compare: bool,
@@ -40,8 +41,10 @@ struct Args {
 const USAGE: &str =
     "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy] [--requests N] [--depth N] \
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
-       mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
-       mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]";
+       [--execution native|emulated|auto]
+       mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
+       mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
+       [--execution ..]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             vcpus: 2,
             early_per_mille: 10,
             cancel_one_in: 8,
+            execution: Execution::Auto,
         },
     };
     let mut it = std::env::args().skip(1);
@@ -81,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--early-per-mille" => a.workload.early_per_mille = num("--early-per-mille")?,
             "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?.max(1),
+            "--execution" => a.workload.execution = Execution::parse(it.next())?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }

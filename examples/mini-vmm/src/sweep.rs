@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N]
-//!                [--depths 1,4,16,64,256] [--timeouts-us 200,5000]
+//!                [--depths 1,2,4,8,16,64,256] [--timeouts-us 200,5000]
+//!                [--execution native|emulated|auto]
 //! ```
 //! Exit status: 0 on success, 1 if any run reports a protocol violation
 //! (the files are still written), 2 on any error.
@@ -26,30 +27,32 @@ use serde_json::{json, Value};
 
 use crate::plot::{self, Line, Panel};
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Mode, Workload};
+use crate::vm::{self, Execution, Mode, Workload};
 
 /// Usage of the `sweep` subcommand.
 pub const USAGE: &str = "usage: mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] \
-[--depths N,N,..] [--timeouts-us N,N,..]";
+[--depths N,N,..] [--timeouts-us N,N,..] [--execution native|emulated|auto]";
 
-/// Reprogramming depths swept by default (pushes per request).
-pub const DEFAULT_DEPTHS: [u64; 5] = [1, 4, 16, 64, 256];
+/// Reprogramming depths swept by default (pushes per request): dense at
+/// the shallow end, where lazy mode's break-even with kernel mode lies.
+pub const DEFAULT_DEPTHS: [u64; 7] = [1, 2, 4, 8, 16, 64, 256];
 
 /// Request timeouts swept by default, in microseconds. The guest moves
 /// the deadline to "now + timeout" on every push, while the host's timer
-/// stays armed for the deadline it last published. With 200 us that
-/// timer expires every few pushes on the emulating KVM this tool was tuned
-/// on (a push costs the guest 50 to 120 us of wall time there, depending on
-/// load): the host re-arms it from `pending`, and whenever the vCPU was
-/// held up for longer than the timeout the host injects and the guest's
-/// next write traps again. With 5000 us the timer expires only once per
-/// 50 to 100 pushes. On hardware a push costs at most a few microseconds
-/// (an exit to userspace), and both timeouts are of the long kind.
+/// stays armed for the deadline it last published. With 200 us that timer
+/// can expire while the guest is still pushing (natively on a PVM host an
+/// eager push costs about 40 us, an in-kernel one about 8 us, a lazy one
+/// without a trap well under 1 us; emulated, 50 to 120 us each): the host
+/// then re-arms it from `pending`, and whenever the vCPU was held up for
+/// longer than the timeout the host injects and the guest's next write
+/// traps again. With 5000 us the timer rarely expires before the request
+/// is done.
 pub const DEFAULT_TIMEOUTS_US: [u64; 2] = [200, 5000];
 
 /// Requests per vCPU at every point by default: the whole default sweep
-/// (30 VM runs) then takes three to five minutes on a 2-core emulating host,
-/// and the shallowest point still makes thousands of deadline writes.
+/// (42 VM runs) then takes about three minutes on a 2-core PVM host running
+/// the guest natively, and the shallowest point still makes thousands of
+/// deadline writes.
 pub const DEFAULT_REQUESTS: u64 = 1000;
 
 /// The depth at which the exit and cycle targets are stated.
@@ -134,6 +137,89 @@ impl Point {
     }
 }
 
+/// Where lazy mode's guest cost per deadline write meets kernel mode's, for
+/// one timeout. Below the break-even depth a request's writes are too few
+/// to amortise lazy mode's trap to the VMM (the first write of every
+/// request, an exit to userspace) against KVM's in-kernel path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BreakEven {
+    /// Lazy already costs no more than kernel mode at the shallowest depth.
+    AtOrBelow(u64),
+    /// Lazy/kernel cycles per write crosses 1 between two swept depths; the
+    /// depth is interpolated linearly in log2(depth).
+    Between {
+        /// The deepest swept depth where lazy still cost more.
+        above: u64,
+        /// The next swept depth, where it costs no more.
+        below: u64,
+        /// The interpolated break-even depth.
+        depth: f64,
+    },
+    /// Lazy costs more at every swept depth, up to this one.
+    NotReached(u64),
+}
+
+impl BreakEven {
+    /// The break-even of `timeout_us` over `points` (None: no point has
+    /// both modes).
+    pub fn find(points: &[Point], timeout_us: u64) -> Option<BreakEven> {
+        let mut curve: Vec<(u64, f64)> = points
+            .iter()
+            .filter(|p| p.timeout_us == timeout_us)
+            .filter_map(|p| Some((p.depth, p.lazy_kernel_cycles()?)))
+            .collect();
+        curve.sort_by_key(|&(d, _)| d);
+        let &(first, r0) = curve.first()?;
+        if r0 <= 1.0 {
+            return Some(BreakEven::AtOrBelow(first));
+        }
+        for w in curve.windows(2) {
+            let ((d1, r1), (d2, r2)) = (w[0], w[1]);
+            if r1 > 1.0 && r2 <= 1.0 {
+                let (l1, l2) = ((d1 as f64).log2(), (d2 as f64).log2());
+                let l = l1 + (r1 - 1.0) / (r1 - r2) * (l2 - l1);
+                return Some(BreakEven::Between {
+                    above: d1,
+                    below: d2,
+                    depth: l.exp2(),
+                });
+            }
+        }
+        Some(BreakEven::NotReached(curve.last()?.0))
+    }
+
+    /// One sentence for the markdown.
+    fn describe(&self) -> String {
+        match *self {
+            BreakEven::AtOrBelow(d) => {
+                format!("lazy costs no more than kernel mode already at depth {d}, the shallowest swept")
+            }
+            BreakEven::Between {
+                above,
+                below,
+                depth,
+            } => format!(
+                "depth {depth:.1} (lazy costs more than kernel mode at depth {above}, no more at depth {below})"
+            ),
+            BreakEven::NotReached(d) => {
+                format!("not reached: lazy costs more than kernel mode at every depth up to {d}")
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        match *self {
+            BreakEven::AtOrBelow(d) => json!({ "at_or_below": d }),
+            BreakEven::Between {
+                above,
+                below,
+                depth,
+            } => json!({ "depth": depth, "above": above, "below": below }),
+            BreakEven::NotReached(d) => json!({ "not_reached_up_to": d }),
+        }
+    }
+}
+
 fn quotient(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
@@ -172,6 +258,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
             vcpus: 2,
             early_per_mille: 10,
             cancel_one_in: 8,
+            execution: Execution::Auto,
         },
     };
     let mut it = args.into_iter();
@@ -192,6 +279,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
             "--timeouts-us" => {
                 a.timeouts_us = parse_list("--timeouts-us", &value("--timeouts-us")?)?
             }
+            "--execution" => a.base.execution = Execution::parse(it.next())?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown sweep argument {other}\n{USAGE}")),
         }
@@ -263,6 +351,10 @@ pub fn to_json(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
         "timeouts_us": a.timeouts_us,
         "sweep_wall_s": sweep_wall_s,
         "points": points.iter().map(Point::json).collect::<Vec<_>>(),
+        "break_even": a.timeouts_us.iter().map(|&t| json!({
+            "timeout_us": t,
+            "break_even": BreakEven::find(points, t).map(|b| b.json()),
+        })).collect::<Vec<_>>(),
         "violations": violations(points),
     });
     serde_json::to_string_pretty(&doc).expect("JSON values always serialise")
@@ -400,6 +492,12 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
     );
     s.push_str(&to_table(points));
     s.push('\n');
+    s.push_str("Break-even depth (lazy guest cycles per write = kernel mode's):\n\n");
+    for &t in &a.timeouts_us {
+        let b = BreakEven::find(points, t).map_or_else(|| "not measured".into(), |b| b.describe());
+        let _ = writeln!(s, "- timeout {t} us: {b}");
+    }
+    s.push('\n');
     s.push_str("Targets:\n\n");
     s.push_str(&targets(points));
     s.push('\n');
@@ -412,16 +510,27 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
          independently and any mismatch is reported as a violation.\n",
     );
     let runs = points.iter().map(|p| p.reports.len()).sum::<usize>();
+    let native = points
+        .iter()
+        .flat_map(|p| p.reports.iter())
+        .filter(|r| r.native() == Some(true))
+        .count();
+    let _ = writeln!(
+        s,
+        "\nExecution: the guest ran natively in {native} of {runs} runs (measured: KVM's insn_emulation \
+         statistic at most {} per trapping instruction the guest counted).",
+        report::NATIVE_EMULATION_BOUND
+    );
     let emulated = points
         .iter()
         .flat_map(|p| p.reports.iter())
-        .filter(|r| r.emulated())
+        .filter(|r| r.native() == Some(false))
         .count();
     if emulated > 0 {
         let _ = writeln!(
             s,
             "\nWARNING: in {emulated} of {runs} runs KVM executed the guest in its instruction emulator \
-             (insn_emulation statistic above the number of deadline writes): guest cycle figures measure \
+             (KVM's insn_emulation statistic above the trapping instructions the guest counted): guest cycle figures measure \
              emulated instructions, not hardware, and the lazy/kernel cycle ratio says nothing about \
              native cost."
         );
@@ -552,5 +661,73 @@ mod tests {
         assert_eq!(a.timeouts_us, vec![7]);
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--requests".to_string()]).is_err());
+    }
+
+    /// A report of `mode` whose only meaningful figure is its cycles per
+    /// write.
+    fn costing(mode: Mode, cycles_per_write: f64) -> ModeReport {
+        ModeReport {
+            mode,
+            total_exits: None,
+            userspace_exits: 0,
+            msr_write_exits: None,
+            tsc_deadline_exits: None,
+            timer_interrupts: 0,
+            stale_interrupts: 0,
+            deadline_writes: 0,
+            necessary_traps: 0,
+            waits: 0,
+            cancels: 0,
+            missed: 0,
+            early: 0,
+            spurious: 0,
+            lateness_us: None,
+            cycles_per_write,
+            wall_s: 0.0,
+            host_rearms: None,
+            host_injections: None,
+            kvm_msr_stats: Vec::new(),
+            insn_emulation: None,
+            trapping_insns: 0,
+            pvm_native: false,
+            boot_probe_exits: None,
+        }
+    }
+
+    /// Points of one timeout with the given (depth, lazy/kernel) ratios.
+    fn curve(timeout_us: u64, ratios: &[(u64, f64)]) -> Vec<Point> {
+        ratios
+            .iter()
+            .map(|&(depth, r)| Point {
+                depth,
+                timeout_us,
+                reports: vec![
+                    costing(Mode::Kernel, 1000.0),
+                    costing(Mode::Lazy, 1000.0 * r),
+                ],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn break_even_is_interpolated_in_log_depth() {
+        // Out of order, with another timeout mixed in: 1.5 at depth 2 and
+        // 0.5 at depth 8 meet 1.0 halfway in log2, at depth 4.
+        let mut points = curve(100, &[(8, 0.5), (1, 3.0), (2, 1.5), (64, 0.1)]);
+        points.extend(curve(200, &[(1, 0.9)]));
+        match BreakEven::find(&points, 100) {
+            Some(BreakEven::Between {
+                above: 2,
+                below: 8,
+                depth,
+            }) => assert!((depth - 4.0).abs() < 1e-9, "{depth}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(BreakEven::find(&points, 200), Some(BreakEven::AtOrBelow(1)));
+        assert_eq!(
+            BreakEven::find(&curve(5, &[(1, 4.0), (16, 1.01)]), 5),
+            Some(BreakEven::NotReached(16))
+        );
+        assert_eq!(BreakEven::find(&points, 300), None);
     }
 }

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region, Msrs,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{
-    Cap, Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd,
+    Cap, Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd,
+    VmFd,
 };
 use lazy_tscdeadline_abi::{
     KVM_CPUID_FEATURES, KVM_FEATURE_LAZY_TSCDEADLINE, MSR_IA32_TSC_DEADLINE,
@@ -71,6 +73,62 @@ impl fmt::Display for Mode {
     }
 }
 
+/// How the guest's CPL0 code is to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execution {
+    /// Natively wherever the host can: on a PVM host the guest switches
+    /// itself to native execution; with hardware virtualization it always
+    /// runs natively.
+    Auto,
+    /// As `Auto` (kept as an explicit request).
+    Native,
+    /// In KVM's instruction emulator: the guest does not switch on a PVM
+    /// host; refused on hosts that cannot emulate on request.
+    Emulated,
+}
+
+impl Execution {
+    /// Parses the value of `--execution` (`None`: the value is missing).
+    pub fn parse(value: Option<String>) -> Result<Execution, String> {
+        match value.as_deref() {
+            Some("auto") => Ok(Execution::Auto),
+            Some("native") => Ok(Execution::Native),
+            Some("emulated") => Ok(Execution::Emulated),
+            Some(other) => Err(format!(
+                "--execution: {other} is not one of native, emulated, auto"
+            )),
+            None => Err("--execution needs a value".into()),
+        }
+    }
+
+    /// Whether the guest must switch itself to native execution, given
+    /// whether this is a PVM host.
+    fn switch_to_native(self, pvm: bool) -> Result<bool, String> {
+        match (self, pvm) {
+            (Execution::Auto | Execution::Native, pvm) => Ok(pvm),
+            (Execution::Emulated, true) => Ok(false),
+            (Execution::Emulated, false) => Err(
+                "--execution emulated needs a PVM host (kvm_pvm); this /dev/kvm runs guests with \
+                 hardware virtualization and cannot be told to emulate them"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Whether this `/dev/kvm` is a PVM host (the `kvm_pvm` module): its
+/// signature MSR reads "PVM" through `KVM_GET_MSRS`. Anything else (the
+/// MSR unknown, another value) means no.
+fn is_pvm_host(vcpu: &VcpuFd) -> bool {
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_PVM_SIGNATURE,
+        ..Default::default()
+    }]) else {
+        return false;
+    };
+    matches!(vcpu.get_msrs(&mut msrs), Ok(1)) && msrs.as_slice()[0].data == PVM_SIGNATURE
+}
+
 /// The seeded workload every vCPU runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Workload {
@@ -88,6 +146,8 @@ pub struct Workload {
     pub early_per_mille: u64,
     /// One request in this many is cancelled.
     pub cancel_one_in: u64,
+    /// How the guest's code runs.
+    pub execution: Execution,
 }
 
 /// Everything measured in one mode.
@@ -97,6 +157,9 @@ pub struct ModeRun {
     pub mode: Mode,
     /// Guest TSC frequency.
     pub tsc_khz: u64,
+    /// Whether the guest was told to switch itself to native execution (a
+    /// PVM host); whether it then ran natively is measured in the report.
+    pub pvm_native: bool,
     /// Per-vCPU VMM-side outcome, by index.
     pub vcpus: Vec<VcpuOutcome>,
     /// Per-vCPU guest results, by index.
@@ -244,13 +307,16 @@ fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result
 
     let pdpt = PML4_GPA + 0x1000;
     let pd = PML4_GPA + 0x2000;
-    mem.write_obj(pdpt | 0x3, GuestAddress(PML4_GPA))
+    // Present, writable and user (U/S) at every level: a PVM host runs the
+    // guest's CPL0 code natively in user mode, where an entry without U/S
+    // faults forever. Without SMEP/SMAP the bit changes nothing otherwise.
+    mem.write_obj(pdpt | 0x7, GuestAddress(PML4_GPA))
         .map_err(mem_err)?;
-    mem.write_obj(pd | 0x3, GuestAddress(pdpt))
+    mem.write_obj(pd | 0x7, GuestAddress(pdpt))
         .map_err(mem_err)?;
     for i in 0..512u64 {
-        // present, writable, 2 MiB page
-        mem.write_obj((i << 21) | 0x83, GuestAddress(pd + i * 8))
+        // ... and a 2 MiB page.
+        mem.write_obj((i << 21) | 0x87, GuestAddress(pd + i * 8))
             .map_err(mem_err)?;
     }
 
@@ -376,6 +442,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
             .get_tsc_khz()
             .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?,
     );
+    let pvm_native = w.execution.switch_to_native(is_pvm_host(&vcpus[0]))?;
     let params = Params {
         magic: PARAMS_MAGIC,
         mode: mode.guest_mode(),
@@ -389,6 +456,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         vcpus: u64::from(w.vcpus),
         hostile_vcpus: u64::from(hostile_vcpus),
         mem_size,
+        native: u64::from(pvm_native),
     };
     let gdt_limit = write_boot_data(&mem, &params, w.vcpus)?;
     for (i, v) in vcpus.iter().enumerate() {
@@ -473,6 +541,11 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                 "{mode} mode: vCPU {cpu} signalled done without results"
             ));
         }
+        if r.native_switched != u64::from(pvm_native) {
+            return Err(format!(
+                "{mode} mode: vCPU {cpu} did not switch to native execution as told"
+            ));
+        }
         let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
         for s in 0..r.samples {
             let v: u64 = mem
@@ -490,6 +563,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
     Ok(ModeRun {
         mode,
         tsc_khz,
+        pvm_native,
         vcpus: outcomes.into_iter().map(|o| o.unwrap()).collect(),
         results,
         lateness_cycles,

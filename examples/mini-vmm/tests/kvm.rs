@@ -94,27 +94,99 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
         "lazy/eager TSC-deadline exits {ratio:.4} > 3%"
     );
 
-    // Cycle costs only mean something when the guest runs natively.
-    let emulated = modes.iter().any(|m| {
-        m["insn_emulation"]
-            .as_u64()
-            .is_some_and(|n| n > field(m, "deadline_writes"))
-    });
-    let cycles = |m: &Value| m["cycles_per_write"].as_f64().unwrap();
-    if emulated {
-        println!(
-            "NOTE: KVM emulates this guest's instructions; not checking lazy >= 10x cheaper than kernel \
-             (kernel {:.0}, lazy {:.0} cycles per write)",
-            cycles(kernel),
-            cycles(lazy)
+    // The guest ran natively (a PVM host switches it, hardware
+    // virtualization always does), measured: KVM emulated no more than two
+    // instructions per trapping instruction the guest counted. Cycle
+    // figures are not asserted here: timing belongs to benchmarks.
+    for m in [kernel, eager, lazy] {
+        assert_eq!(m["native"], true, "{}: guest not native: {m}", m["mode"]);
+        assert!(field(m, "trapping_insns") > 0);
+    }
+}
+
+/// Whether this host is a PVM host, from a run that asked for emulation:
+/// only a PVM host can be told to emulate; elsewhere `mini-vmm` refuses
+/// with a message that names the requirement.
+fn emulated_run(args: &[&str]) -> Option<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
+        .args(args)
+        .output()
+        .expect("spawning mini-vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("needs a PVM host") {
+        let msg = "SKIPPED: this /dev/kvm is not a PVM host (kvm_pvm), so the guest cannot be \
+                   told to run emulated; the emulated-execution test did not run";
+        println!("{msg}");
+        eprintln!("{msg}");
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mini-vmm failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    Some(serde_json::from_str(&stdout).expect("JSON output"))
+}
+
+#[test]
+fn emulated_execution_still_works_and_says_so() {
+    if !common::kvm_usable("the mini-vmm emulated-execution test") {
+        return;
+    }
+    let args = [
+        "compare",
+        "--json",
+        "--execution",
+        "emulated",
+        "--requests",
+        "30",
+        "--depth",
+        "8",
+        "--vcpus",
+        "2",
+        "--seed",
+        "3",
+        "--timeout-us",
+        "4000",
+    ];
+    let Some(json) = emulated_run(&args) else {
+        return;
+    };
+    for m in json["modes"].as_array().expect("modes") {
+        for v in ["missed", "early", "spurious"] {
+            assert_eq!(field(m, v), 0, "{}: {v}", m["mode"]);
+        }
+        assert_eq!(m["pvm_native_switch"], false, "{}", m["mode"]);
+        assert_eq!(
+            m["native"], false,
+            "{}: not measured as emulated: {m}",
+            m["mode"]
         );
-        assert!(cycles(lazy) < cycles(eager));
-    } else {
+        // Emulated, KVM runs every instruction of the workload, far more
+        // than the trapping ones.
         assert!(
-            cycles(lazy) * 10.0 <= cycles(kernel),
-            "lazy {:.0} vs kernel {:.0} cycles per write",
-            cycles(lazy),
-            cycles(kernel)
+            field(m, "insn_emulation") > 10 * field(m, "trapping_insns"),
+            "{m}"
         );
     }
+    // The table says it too, with the warning; a native run has neither.
+    let table_args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
+    let table = common::mini_vmm(&table_args);
+    assert!(
+        table.contains("WARNING: KVM executed the guest in its instruction emulator"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("guest execution (measured)"))
+        .expect("execution row");
+    assert_eq!(row.matches("EMULATED").count(), 3, "{row}");
+    let native_args: Vec<&str> = table_args
+        .iter()
+        .map(|a| if *a == "emulated" { "native" } else { a })
+        .collect();
+    let native = common::mini_vmm(&native_args);
+    assert!(!native.contains("WARNING"), "{native}");
+    assert!(!native.contains("EMULATED"), "{native}");
 }

@@ -11,10 +11,31 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs rustc with the guest's code-generation flags; `out` is the output
+/// Set to lint the guest program with Clippy while building it (`.ci/run`
+/// does): it is compiled outside cargo, so `cargo clippy` never sees it.
+const LINT_ENV: &str = "MINI_VMM_GUEST_LINT";
+
+/// Lints for the guest program when [`LINT_ENV`] is set.
+const GUEST_LINTS: &[&str] = &[
+    "-D",
+    "warnings",
+    "-D",
+    "clippy::all",
+    "-D",
+    "clippy::undocumented_unsafe_blocks",
+    "-D",
+    "unsafe_op_in_unsafe_fn",
+];
+
+/// Runs rustc (or, with `lint`, Clippy's driver, which compiles as rustc
+/// does) with the guest's code-generation flags; `out` is the output
 /// directory, or `None` when `args` name the output file.
-fn rustc(out: Option<&Path>, args: &[&str]) {
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+fn rustc(out: Option<&Path>, args: &[&str], lint: bool) {
+    let rustc = if lint {
+        "clippy-driver".to_string()
+    } else {
+        env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
+    };
     let status = Command::new(&rustc)
         .args([
             "--edition=2021",
@@ -30,6 +51,7 @@ fn rustc(out: Option<&Path>, args: &[&str]) {
             "code-model=small",
         ])
         .args(out.map(|dir| format!("--out-dir={}", dir.display())))
+        .args(if lint { GUEST_LINTS } else { &[] })
         .args(args)
         // The guest must not pick up flags meant for the VMM build.
         .env_remove("RUSTFLAGS")
@@ -57,6 +79,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed={LINT_ENV}");
+    let lint = env::var_os(LINT_ENV).is_some_and(|v| !v.is_empty() && v != "0");
 
     let abi_rlib = out.join("liblazy_tscdeadline_abi.rlib");
     let guest_rlib = out.join("liblazy_tscdeadline_guest.rlib");
@@ -72,6 +96,7 @@ fn main() {
                 .to_str()
                 .unwrap(),
         ],
+        false,
     );
     rustc(
         Some(&out),
@@ -87,6 +112,7 @@ fn main() {
                 .to_str()
                 .unwrap(),
         ],
+        false,
     );
     let script = format!("link-arg=-Wl,-T,{}", guest.join("link.ld").display());
     let image = out.join("guest.bin");
@@ -118,6 +144,7 @@ fn main() {
             &out_arg,
             guest.join("main.rs").to_str().unwrap(),
         ],
+        lint,
     );
     let len = std::fs::metadata(&image).unwrap().len();
     assert!(

@@ -367,14 +367,11 @@ extern "C" {
 /// Called first for every interrupt and exception: if it interrupted the
 /// native wait before its `hlt` completed, resumes after the `hlt`.
 pub fn resume_after_native_wait(frame: &mut Frame) {
-    let start = native_wait as usize as u64;
-    // SAFETY: only the addresses of the labels are taken, nothing is read.
-    let (hlt, end) = unsafe {
-        (
-            core::ptr::addr_of!(native_wait_hlt) as u64,
-            core::ptr::addr_of!(native_wait_end) as u64,
-        )
-    };
+    let start = native_wait as *const () as u64;
+    let (hlt, end) = (
+        core::ptr::addr_of!(native_wait_hlt) as u64,
+        core::ptr::addr_of!(native_wait_end) as u64,
+    );
     if (start..=hlt).contains(&frame.rip) {
         frame.rip = end;
     }

@@ -100,9 +100,10 @@ pub(crate) fn results(cpu: usize) -> *mut Results {
 macro_rules! report {
     ($cpu:expr, $field:ident, $value:expr) => {{
         let value: u64 = $value;
+        let page: *mut $crate::layout::Results = $crate::results($cpu);
         // SAFETY: the result page of each vCPU is identity-mapped RAM that
         // only this vCPU writes; the VMM only reads it.
-        unsafe { core::ptr::addr_of_mut!((*$crate::results($cpu)).$field).write_volatile(value) }
+        unsafe { core::ptr::addr_of_mut!((*page).$field).write_volatile(value) }
     }};
 }
 

@@ -29,25 +29,27 @@ pub struct ModeReport {
     pub deadline_writes: u64,
     /// Writes the protocol had to trap.
     pub necessary_traps: u64,
-    /// Requests awaited / cancelled.
+    /// Requests awaited.
     pub waits: u64,
     /// Requests cancelled.
     pub cancels: u64,
-    /// Protocol violations.
+    /// Waits whose deadline never fired within the bound (a violation).
     pub missed: u64,
-    /// Interrupts before the deadline.
+    /// Timer interrupts before the current deadline (a violation).
     pub early: u64,
-    /// Interrupts with nothing armed.
+    /// Timer interrupts with nothing armed (a violation).
     pub spurious: u64,
     /// Lateness p50/p99/max in microseconds.
     pub lateness_us: Option<[f64; 3]>,
-    /// Guest TSC cycles per `set_next_deadline`.
+    /// Guest TSC cycles per `set_next_deadline`, measured by the guest
+    /// around each call.
     pub cycles_per_write: f64,
     /// Wall time of the workload in seconds.
     pub wall_s: f64,
-    /// Host timer: re-arms without interrupt / injections (eager, lazy).
+    /// Host timer expiries that re-armed from `pending` without an
+    /// interrupt (eager and lazy; `None` in kernel mode).
     pub host_rearms: Option<u64>,
-    /// Host timer injections.
+    /// Timer interrupts the host timer injected (eager and lazy).
     pub host_injections: Option<u64>,
     /// KVM statistics whose name mentions MSRs (summed over vCPUs).
     pub kvm_msr_stats: Vec<(String, u64)>,
@@ -55,6 +57,9 @@ pub struct ModeReport {
     /// `insn_emulation` statistic): every guest instruction when KVM emulates
     /// the guest, only the trapping ones when it runs natively.
     pub insn_emulation: Option<u64>,
+    /// Watchdog wake-up interrupts the guests took: the VMM sends one to a
+    /// guest still waiting well past its deadline, which then counts a miss.
+    pub watchdog_wakes: u64,
     /// Trapping instructions the guest counted itself over the same span.
     pub trapping_insns: u64,
     /// Whether the guest was told to switch to native execution (PVM host).
@@ -131,6 +136,7 @@ impl ModeReport {
             kvm_msr_stats,
             insn_emulation: kvm_stat("insn_emulation"),
             trapping_insns: sum(|r| r.trapping_insns),
+            watchdog_wakes: sum(|r| r.watchdog_wakes),
             pvm_native: run.pvm_native,
             boot_probe_exits: userspace
                 .then(|| run.vcpus.iter().map(|v| v.boot_tsc_deadline_writes).sum()),
@@ -205,6 +211,7 @@ impl ModeReport {
             "boot_probe_exits": self.boot_probe_exits,
             "insn_emulation": self.insn_emulation,
             "trapping_insns": self.trapping_insns,
+            "watchdog_wakes": self.watchdog_wakes,
             "native": self.native(),
             "pvm_native_switch": self.pvm_native,
         })
@@ -256,6 +263,7 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     row("missed/early/spurious", &|r| {
         format!("{}/{}/{}", r.missed, r.early, r.spurious)
     });
+    row("  watchdog wake-ups", &|r| r.watchdog_wakes.to_string());
     let lat = |i: usize| {
         move |r: &ModeReport| {
             r.lateness_us
@@ -331,7 +339,7 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     }
     out.push_str(
         "[2] kernel mode: IA32_TSC_DEADLINE is handled inside KVM, which keeps no per-MSR exit statistic;\n    \
-         with hardware virtualization every write is a VM exit handled in the kernel; not measured here.\n",
+         natively every write is a VM exit handled in the kernel, counted in its total exits.\n",
     );
     out.push_str(
         "[3] interrupts for a deadline that expired while interrupts were off and was then replaced\n    \

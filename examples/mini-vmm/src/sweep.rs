@@ -689,6 +689,7 @@ mod tests {
             kvm_msr_stats: Vec::new(),
             insn_emulation: None,
             trapping_insns: 0,
+            watchdog_wakes: 0,
             pvm_native: false,
             boot_probe_exits: None,
         }

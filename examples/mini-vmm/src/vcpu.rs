@@ -28,7 +28,7 @@ const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
-/// Selectors of the GDT written by `vm::write_gdt`.
+/// Code segment selector of the GDT written by `vm::write_boot_data`.
 pub const CODE_SELECTOR: u16 = 0x08;
 /// Data segment selector.
 pub const DATA_SELECTOR: u16 = 0x10;

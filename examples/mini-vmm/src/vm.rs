@@ -546,6 +546,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                 "{mode} mode: vCPU {cpu} did not switch to native execution as told"
             ));
         }
+        check_registration(mode, cpu, &r, timers.get(cpu as usize), cpu < hostile_vcpus)?;
         let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
         for s in 0..r.samples {
             let v: u64 = mem
@@ -573,6 +574,43 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         wall,
         vmm_cpu,
     })
+}
+
+/// Checks what the guest says it registered against what the host timer
+/// holds: in lazy mode an honest vCPU registered, and the host reports the
+/// same struct through the registration MSR; otherwise nothing registered.
+/// (A hostile vCPU re-registers and disables at will: not checked.)
+fn check_registration(
+    mode: Mode,
+    cpu: u32,
+    r: &Results,
+    timer: Option<&Arc<Mutex<Timer>>>,
+    hostile: bool,
+) -> Result<(), String> {
+    if hostile {
+        return Ok(());
+    }
+    let wanted = u64::from(mode == Mode::Lazy);
+    if r.lazy_registered != wanted {
+        return Err(format!(
+            "{mode} mode: vCPU {cpu} reports lazy_registered = {}",
+            r.lazy_registered
+        ));
+    }
+    if let (1, Some(t)) = (wanted, timer) {
+        let host = t
+            .lock()
+            .unwrap()
+            .read_msr(MSR_KVM_LAZY_TSCDEADLINE)
+            .map_err(|e| format!("reading the registration MSR: {e}"))?;
+        if host != r.lazy_gpa | 1 {
+            return Err(format!(
+                "{mode} mode: vCPU {cpu} registered its struct at {:#x} but the host holds {host:#x}",
+                r.lazy_gpa
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// User + system CPU time of the whole VMM process so far.

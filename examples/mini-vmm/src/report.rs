@@ -49,6 +49,12 @@ pub struct ModeReport {
     /// Host timer expiries that re-armed from `pending` without an
     /// interrupt (eager and lazy; `None` in kernel mode).
     pub host_rearms: Option<u64>,
+    /// Host timer expiries, each handed to the vCPU thread (a signal out of
+    /// `KVM_RUN`, the LVT read, `kick()`; eager and lazy).
+    pub timer_expiries: Option<u64>,
+    /// VMM TSC cycles per expiry on the vCPU thread (LVT read and `kick()`,
+    /// not the exit itself).
+    pub expiry_cycles: Option<f64>,
     /// Timer interrupts the host timer injected (eager and lazy).
     pub host_injections: Option<u64>,
     /// KVM statistics whose name mentions MSRs (summed over vCPUs).
@@ -132,6 +138,13 @@ impl ModeReport {
             cycles_per_write: sum(|r| r.write_cycles) as f64 / writes.max(1) as f64,
             wall_s: run.wall.as_secs_f64(),
             host_rearms: run.host_counters.map(|c| c.rearms),
+            timer_expiries: userspace
+                .then(|| run.vcpus.iter().map(|v| v.exits.timer_expiries).sum()),
+            expiry_cycles: userspace.then(|| {
+                let n: u64 = run.vcpus.iter().map(|v| v.exits.timer_expiries).sum();
+                let c: u64 = run.vcpus.iter().map(|v| v.exits.expiry_cycles).sum();
+                c as f64 / n.max(1) as f64
+            }),
             host_injections: run.host_counters.map(|c| c.injections),
             kvm_msr_stats,
             insn_emulation: kvm_stat("insn_emulation"),
@@ -208,6 +221,8 @@ impl ModeReport {
             "wall_s": self.wall_s,
             "host_rearms": self.host_rearms,
             "host_injections": self.host_injections,
+            "timer_expiries": self.timer_expiries,
+            "vmm_cycles_per_expiry": self.expiry_cycles,
             "boot_probe_exits": self.boot_probe_exits,
             "insn_emulation": self.insn_emulation,
             "trapping_insns": self.trapping_insns,
@@ -283,6 +298,12 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             _ => "n/a (kernel)".into(),
         },
     );
+    row("host timer expiries [5]", &|r| {
+        opt(r.timer_expiries, "n/a (kernel)")
+    });
+    row("  VMM cycles per expiry", &|r| {
+        r.expiry_cycles.map_or("n/a".into(), |c| format!("{c:.0}"))
+    });
     row("wall time (s)", &|r| format!("{:.2}", r.wall_s));
     row("guest execution (measured) [4]", &|r| {
         match r.native() {
@@ -367,6 +388,11 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         "[4] native: KVM's insn_emulation statistic is at most {NATIVE_EMULATION_BOUND} per trapping instruction\n    \
          the guest counted (wrmsr, rdmsr, hlt, sti, cli, out); emulated guests execute every instruction in KVM.\n"
     ));
+    out.push_str(
+        "[5] eager/lazy: each expiry of the host timer is handed to the vCPU thread (a signal out of KVM_RUN),\n    \
+         which reads the LVT from the in-kernel LAPIC and calls kick(): no interrupt while the LVT is masked\n    \
+         or out of TSC-deadline mode, even when the guest changed it without an exit.\n",
+    );
     let emulated: Vec<String> = reports
         .iter()
         .filter(|r| r.native() == Some(false))

@@ -686,6 +686,8 @@ mod tests {
             wall_s: 0.0,
             host_rearms: None,
             host_injections: None,
+            timer_expiries: None,
+            expiry_cycles: None,
             kvm_msr_stats: Vec::new(),
             insn_emulation: None,
             trapping_insns: 0,

@@ -1,18 +1,30 @@
 //! The host timer plumbing of eager and lazy modes: one `TimerFd` per vCPU
 //! armed at a guest-TSC deadline, the guest clock, MSI injection, and the
-//! single timer thread that calls `kick()` (and runs the miss watchdog).
+//! single timer thread that watches the timerfds (and runs the miss
+//! watchdog).
+//!
+//! An expiry is not handled on the timer thread: the guest may have masked
+//! its LVT timer, or left TSC-deadline mode, without an exit (the in-kernel
+//! LAPIC takes x2APIC LVT writes itself), and only the vCPU's own thread
+//! can read the LAPIC without waiting for `KVM_RUN` to return. So the timer
+//! thread marks the vCPU's [`VcpuTimer`] expired and signals the vCPU
+//! thread out of `KVM_RUN`; that thread reads the LVT, hands it to the
+//! timer and calls `kick()`, as KVM itself checks the LVT mask when it
+//! delivers a timer interrupt on the vCPU's thread.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::kvm_msi;
+use kvm_bindings::{kvm_msi, kvm_run};
 use kvm_ioctls::VmFd;
 use lazy_tscdeadline_host::{GuestClock, HostTimer, InterruptSink, TscDeadlineTimer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::layout::{Results, RESULTS_GPA, RESULTS_STRIDE, WAKE_VECTOR};
@@ -129,6 +141,94 @@ impl InterruptSink for MsiSink {
     }
 }
 
+/// The signal that takes a vCPU thread out of `KVM_RUN` when its host timer
+/// expired.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// The `kvm_run` area of the vCPU this thread runs (null elsewhere),
+    /// for the signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = KVM_RUN.try_with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: `run` is this thread's vCPU `kvm_run` mapping, live
+            // while registered (see `VcpuTimer::attach`). Setting
+            // `immediate_exit` from a signal handler is what the field is
+            // for: a `KVM_RUN` entered after the signal returns EINTR at once
+            // instead of missing the wake-up; one byte, written volatile.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) }
+        }
+    });
+}
+
+/// Installs the process-wide handler of the kick signal (idempotent).
+pub fn install_kick_handler() -> Result<(), String> {
+    register_signal_handler(kick_signal(), on_kick_signal)
+        .map_err(|e| format!("installing the vCPU kick signal handler: {e}"))
+}
+
+/// One vCPU's emulated timer, shared by its vCPU thread and the timer
+/// thread, with the hand-over of expiries to the vCPU thread.
+#[derive(Debug)]
+pub struct VcpuTimer {
+    /// The timer. Locked by the vCPU thread for MSR exits and expiries,
+    /// and by the VMM for counters.
+    pub timer: Mutex<Timer>,
+    /// Set by the timer thread when the host timer fired.
+    expired: AtomicBool,
+    /// The vCPU thread, while it can be signalled.
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+impl VcpuTimer {
+    /// Wraps `timer`; no vCPU thread attached yet.
+    pub fn new(timer: Timer) -> Self {
+        VcpuTimer {
+            timer: Mutex::new(timer),
+            expired: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Called on the vCPU thread before its first `KVM_RUN`: expiries now
+    /// signal this thread, and the signal sets `run.immediate_exit`.
+    pub fn attach(&self, run: *mut kvm_run) {
+        KVM_RUN.with(|r| r.set(run));
+        // SAFETY: `pthread_self` has no preconditions.
+        *self.thread.lock().unwrap() = Some(unsafe { libc::pthread_self() });
+    }
+
+    /// Called on the vCPU thread before it stops running the vCPU: no
+    /// more signals (the thread may exit after this).
+    pub fn detach(&self) {
+        *self.thread.lock().unwrap() = None;
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+
+    /// Timer thread: the host timer fired; wake the vCPU thread.
+    fn expire(&self) {
+        self.expired.store(true, Ordering::SeqCst);
+        if let Some(thread) = *self.thread.lock().unwrap() {
+            // SAFETY: the thread is alive: it detaches (under this lock)
+            // before it stops running the vCPU. A failure (it cannot fail
+            // for a live thread and a valid signal) would only delay the
+            // expiry to the vCPU's next exit.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
+    /// vCPU thread: whether the host timer fired since the last call.
+    pub fn take_expiry(&self) -> bool {
+        self.expired.swap(false, Ordering::SeqCst)
+    }
+}
+
 /// What the timer thread watches besides the timers: guests halted on a
 /// deadline long past (a miss) get a wake-up interrupt, so they report the
 /// miss instead of hanging.
@@ -154,10 +254,7 @@ pub struct TimerThread {
 impl TimerThread {
     /// Starts the thread over `timers` (index = vCPU index; empty in kernel
     /// mode, where only the watchdog runs).
-    pub fn spawn(
-        timers: Vec<(RawFd, Arc<Mutex<Timer>>)>,
-        watchdog: Watchdog,
-    ) -> Result<Self, String> {
+    pub fn spawn(timers: Vec<(RawFd, Arc<VcpuTimer>)>, watchdog: Watchdog) -> Result<Self, String> {
         let epoll = Epoll::new().map_err(|e| format!("epoll_create: {e}"))?;
         for (i, (fd, _)) in timers.iter().enumerate() {
             epoll
@@ -188,7 +285,7 @@ impl TimerThread {
 
 fn timer_loop(
     epoll: Epoll,
-    timers: Vec<(RawFd, Arc<Mutex<Timer>>)>,
+    timers: Vec<(RawFd, Arc<VcpuTimer>)>,
     watchdog: Watchdog,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
@@ -208,7 +305,7 @@ fn timer_loop(
             // is fine.
             let r = unsafe { libc::read(*fd, (&mut expirations as *mut u64).cast(), 8) };
             if r == 8 {
-                timer.lock().unwrap().kick();
+                timer.expire();
             }
         }
         let now = rdtsc();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_device_attr, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_segment, CpuId, Msrs,
@@ -14,7 +14,7 @@ use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
 
 use crate::layout::*;
 use crate::stats::VcpuStats;
-use crate::timer::{rdtsc, Timer};
+use crate::timer::{rdtsc, Timer, VcpuTimer};
 use crate::vm::Mode;
 
 const CR0_PE: u64 = 1;
@@ -186,6 +186,11 @@ pub struct ExitCounts {
     pub registration_writes: u64,
     /// #GP injected for an MSR access.
     pub gp_injected: u64,
+    /// Host timer expiries handled on this vCPU's thread (LVT read, then
+    /// `kick()`).
+    pub timer_expiries: u64,
+    /// VMM TSC cycles spent handling them (reading the LAPIC, `kick()`).
+    pub expiry_cycles: u64,
 }
 
 /// What one vCPU thread brings back.
@@ -207,19 +212,67 @@ fn fault_message(index: u32, what: &str) -> String {
     format!("vCPU {index}: {what}")
 }
 
+/// The LVT timer register of `vcpu`'s in-kernel LAPIC.
+fn read_lvt_timer(vcpu: &VcpuFd) -> Result<u32, String> {
+    let lapic = vcpu
+        .get_lapic()
+        .map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
+    let r = &lapic.regs[APIC_LVTT..APIC_LVTT + 4];
+    Ok(u32::from_le_bytes([
+        r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8,
+    ]))
+}
+
+/// Handles an expiry of the host timer on the vCPU thread: the LVT as the
+/// guest has it now, then KICK (which injects only in TSC-deadline mode and
+/// unmasked).
+fn handle_expiry(vcpu: &VcpuFd, t: &VcpuTimer, exits: &mut ExitCounts) -> Result<(), String> {
+    let start = rdtsc();
+    let lvt = read_lvt_timer(vcpu)?;
+    {
+        let mut timer = t.timer.lock().unwrap();
+        timer.set_lvt_timer(lvt);
+        timer.kick();
+    }
+    exits.timer_expiries += 1;
+    exits.expiry_cycles += rdtsc().wrapping_sub(start);
+    Ok(())
+}
+
 /// Runs vCPU `index` until the guest reports done.
 pub fn run(
     mut vcpu: VcpuFd,
     index: u32,
     mode: Mode,
-    timer: Option<Arc<Mutex<Timer>>>,
+    timer: Option<Arc<VcpuTimer>>,
 ) -> Result<VcpuOutcome, String> {
-    let stats = VcpuStats::open(&vcpu).ok();
+    if let Some(t) = &timer {
+        t.attach(vcpu.get_kvm_run());
+    }
+    let outcome = run_loop(&mut vcpu, index, mode, timer.as_deref());
+    if let Some(t) = &timer {
+        t.detach();
+    }
+    outcome
+}
+
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    index: u32,
+    mode: Mode,
+    timer: Option<&VcpuTimer>,
+) -> Result<VcpuOutcome, String> {
+    let stats = VcpuStats::open(vcpu).ok();
     let mut snapshot: Option<BTreeMap<String, u64>> = None;
     let mut exits = ExitCounts::default();
     let mut boot_probe = 0u64;
     let mut ready = false;
     loop {
+        if let Some(t) = timer {
+            if t.take_expiry() {
+                handle_expiry(vcpu, t, &mut exits)?;
+            }
+        }
         // MSR writes to the emulated timer need KVM_GET_LAPIC, which cannot
         // be called while the exit (borrowing the vCPU) is alive: decode
         // first, handle after.
@@ -282,8 +335,9 @@ pub fn run(
                     }
                     VcpuExit::X86Rdmsr(exit) => {
                         exits.msr_reads += 1;
-                        let result = match &timer {
+                        let result = match timer {
                             Some(t) if Timer::handles_msr(exit.index) => t
+                                .timer
                                 .lock()
                                 .unwrap()
                                 .read_msr(exit.index)
@@ -336,25 +390,22 @@ pub fn run(
                 }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // The kick signal (host timer expired) or another one; the
+                // expiry is handled at the top of the loop.
+                vcpu.set_kvm_immediate_exit(0);
                 exits.total += 1;
                 continue;
             }
             Err(e) => return Err(fault_message(index, &format!("KVM_RUN: {e}"))),
         }
-        if let (Some((msr, value)), Some(t)) = (pending_write, &timer) {
+        if let (Some((msr, value)), Some(t)) = (pending_write, timer) {
             let lvt = if msr == MSR_IA32_TSC_DEADLINE {
-                let lapic = vcpu
-                    .get_lapic()
-                    .map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
-                let r = &lapic.regs[APIC_LVTT..APIC_LVTT + 4];
-                Some(u32::from_le_bytes([
-                    r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8,
-                ]))
+                Some(read_lvt_timer(vcpu)?)
             } else {
                 None
             };
             let result = {
-                let mut t = t.lock().unwrap();
+                let mut t = t.timer.lock().unwrap();
                 if let Some(lvt) = lvt {
                     t.set_lvt_timer(lvt);
                 }

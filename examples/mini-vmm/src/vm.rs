@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -23,7 +23,7 @@ use lazy_tscdeadline_host::{Config, Counters};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::*;
-use crate::timer::{FdTimer, MsiSink, Timer, TimerThread, TscClock, Watchdog};
+use crate::timer::{self, FdTimer, MsiSink, Timer, TimerThread, TscClock, VcpuTimer, Watchdog};
 use crate::vcpu::{self, VcpuOutcome};
 
 /// The guest program, built by `build.rs`.
@@ -466,6 +466,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
     let mut timers = Vec::new();
     let mut fds = Vec::new();
     if mode != Mode::Kernel {
+        timer::install_kick_handler()?;
         for i in 0..w.vcpus {
             let host_timer = FdTimer::new(tsc_khz)?;
             let fd = host_timer.raw_fd();
@@ -478,7 +479,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                     lazy_advertised: mode == Mode::Lazy,
                 },
             );
-            let t = Arc::new(Mutex::new(t));
+            let t = Arc::new(VcpuTimer::new(t));
             fds.push((fd, t.clone()));
             timers.push(t);
         }
@@ -558,7 +559,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
     }
     let vcpu_counters: Vec<Counters> = timers
         .iter()
-        .map(|t| t.lock().unwrap().counters())
+        .map(|t| t.timer.lock().unwrap().counters())
         .collect();
     let host_counters = (!vcpu_counters.is_empty()).then(|| vcpu_counters.iter().copied().sum());
     Ok(ModeRun {
@@ -584,7 +585,7 @@ fn check_registration(
     mode: Mode,
     cpu: u32,
     r: &Results,
-    timer: Option<&Arc<Mutex<Timer>>>,
+    timer: Option<&Arc<VcpuTimer>>,
     hostile: bool,
 ) -> Result<(), String> {
     if hostile {
@@ -599,6 +600,7 @@ fn check_registration(
     }
     if let (1, Some(t)) = (wanted, timer) {
         let host = t
+            .timer
             .lock()
             .unwrap()
             .read_msr(MSR_KVM_LAZY_TSCDEADLINE)

@@ -318,7 +318,16 @@ pub fn enable_x2apic(vector: u8) {
     wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 11) | (1 << 10));
     wrmsr(X2APIC_SVR, (1 << 8) | u64::from(SPURIOUS_VECTOR));
     wrmsr(X2APIC_TPR, 0);
-    wrmsr(X2APIC_LVT_TIMER, (0b10 << 17) | u64::from(vector));
+    set_lvt_timer(vector, false);
+}
+
+/// Programs the LVT timer in TSC-deadline mode with `vector`, masked or
+/// not. A VMM with an in-kernel LAPIC never sees this write.
+pub fn set_lvt_timer(vector: u8, masked: bool) {
+    wrmsr(
+        X2APIC_LVT_TIMER,
+        (0b10 << 17) | (u64::from(masked) << 16) | u64::from(vector),
+    );
 }
 
 /// Signals end of interrupt.

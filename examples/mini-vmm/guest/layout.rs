@@ -75,6 +75,12 @@ pub const MODE_EAGER: u64 = 1;
 /// Userspace-emulated TSC deadline with the lazy protocol.
 pub const MODE_LAZY: u64 = 2;
 
+/// Programs the honest vCPUs run (`Params::program`): the request/response
+/// timer workload.
+pub const PROGRAM_REQUESTS: u64 = 0;
+/// The LVT-mask check (`guest/masking.rs`).
+pub const PROGRAM_LVT_MASK: u64 = 1;
+
 /// Fault kinds in `Results::fault_kind`.
 pub const FAULT_EXCEPTION: u64 = 1;
 /// The guest panicked.
@@ -115,6 +121,8 @@ pub struct Params {
     /// 1: switch to native execution through [`MSR_PVM_VIF_PAGE`] after the
     /// CPUID checks and the lazy registration (PVM hosts only).
     pub native: u64,
+    /// What the honest vCPUs run: a `PROGRAM_*` value.
+    pub program: u64,
 }
 
 /// Per-vCPU results (all `u64`).
@@ -177,6 +185,24 @@ pub struct Results {
     /// Hostile program: accesses whose #GP (or its absence), or whose
     /// RDMSR value, differed from the spec.
     pub gp_mismatch: u64,
+    /// LVT-mask check: rounds run (each runs the three cases below).
+    pub mask_rounds: u64,
+    /// Case A, a deadline written while the LVT is masked: RDMSR of
+    /// IA32_TSC_DEADLINE read that deadline back.
+    pub mask_a_readback: u64,
+    /// Case A: after unmasking before the deadline, its interrupt came (on
+    /// time: an early one counts in `early`).
+    pub mask_a_fired: u64,
+    /// Case B, masked and unmasked before an armed deadline: it fired.
+    pub mask_b_fired: u64,
+    /// Case C, a deadline that expired while masked: timer interrupts taken
+    /// from arming it until well after unmasking (the SDM says none).
+    pub mask_c_irqs: u64,
+    /// Case C: RDMSR of IA32_TSC_DEADLINE read 0 after the masked expiry.
+    pub mask_c_readback_zero: u64,
+    /// Case C, lazy mode: `armed` in the shared struct read 0 after the
+    /// masked expiry (counted in every mode; not lazy: always).
+    pub mask_c_armed_zero: u64,
     /// 1 if the guest switched itself to native execution (PVM).
     pub native_switched: u64,
     /// Instructions the guest executed between READY and DONE that trap to

@@ -11,6 +11,7 @@
 
 mod arch;
 mod hostile;
+mod masking;
 #[allow(dead_code)]
 mod layout;
 
@@ -27,11 +28,13 @@ use layout::*;
 
 /// State shared between a vCPU's workload and its interrupt handler. The
 /// workload only changes it with interrupts disabled.
-struct CpuState {
+pub(crate) struct CpuState {
     /// Deadline the workload currently wants (0: none).
     current: AtomicU64,
     /// Set by the handler when `current` was reached.
-    fired: AtomicBool,
+    pub(crate) fired: AtomicBool,
+    /// Every timer-vector interrupt taken, whatever it was for.
+    pub(crate) all_timer_irqs: AtomicU64,
     /// Deadlines that passed before being replaced: an interrupt for each
     /// may still be delivered and is not a protocol violation.
     stale_credit: AtomicU64,
@@ -47,6 +50,7 @@ struct CpuState {
 const CPU_STATE_INIT: CpuState = CpuState {
     current: AtomicU64::new(0),
     fired: AtomicBool::new(false),
+    all_timer_irqs: AtomicU64::new(0),
     stale_credit: AtomicU64::new(0),
     interrupts: AtomicU64::new(0),
     stale: AtomicU64::new(0),
@@ -125,9 +129,10 @@ impl XorShift {
     }
 }
 
-struct Workload<'a> {
-    cpu: usize,
-    state: &'a CpuState,
+/// A vCPU's deadline writer and waiter, shared by the programs.
+pub(crate) struct Workload<'a> {
+    pub(crate) cpu: usize,
+    pub(crate) state: &'a CpuState,
     setter: DeadlineSetter<AtomicSharedFields, X86Msr>,
     write_cycles: u64,
 }
@@ -135,7 +140,7 @@ struct Workload<'a> {
 impl Workload<'_> {
     /// Sets the next deadline through the protocol's setter (interrupts are
     /// disabled), timing the call.
-    fn set(&mut self, deadline: u64) {
+    pub(crate) fn set(&mut self, deadline: u64) {
         let old = self.state.current.load(Relaxed);
         self.state.current.store(deadline, Relaxed);
         let t0 = rdtsc();
@@ -150,7 +155,7 @@ impl Workload<'_> {
     }
 
     /// Waits with interrupts enabled until `deadline` fired; false on a miss.
-    fn wait(&mut self, deadline: u64, bound: u64) -> bool {
+    pub(crate) fn wait(&mut self, deadline: u64, bound: u64) -> bool {
         report!(self.cpu, waiting_for, deadline);
         let ok = loop {
             if self.state.fired.load(Relaxed) {
@@ -164,6 +169,50 @@ impl Workload<'_> {
         report!(self.cpu, waiting_for, 0);
         ok
     }
+}
+
+/// What a program did with its deadlines.
+pub(crate) struct Counts {
+    /// Deadlines awaited.
+    pub(crate) waits: u64,
+    /// Deadlines cancelled.
+    pub(crate) cancels: u64,
+    /// Waits that ended without their interrupt.
+    pub(crate) missed: u64,
+}
+
+/// The request/response workload: per request a timeout armed, pushed
+/// `depth` times, then awaited or cancelled.
+fn requests(w: &mut Workload<'_>, p: &Params) -> Counts {
+    let state = w.state;
+    let mut rng = XorShift::new(p.seed, w.cpu);
+    let timeout = p.timeout_tsc.max(1);
+    let mut c = Counts {
+        waits: 0,
+        cancels: 0,
+        missed: 0,
+    };
+    for _ in 0..p.requests {
+        state.fired.store(false, Relaxed);
+        w.set(rdtsc() + timeout);
+        for _ in 0..p.depth {
+            let earlier = rng.next() % 1000 < p.early_per_mille;
+            let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
+            w.set(d);
+        }
+        if rng.next().is_multiple_of(p.cancel_one_in.max(1)) {
+            w.set(0);
+            c.cancels += 1;
+        } else {
+            c.waits += 1;
+            let d = state.current.load(Relaxed);
+            if !w.wait(d, p.miss_bound_tsc) {
+                c.missed += 1;
+                w.set(0);
+            }
+        }
+    }
+    c
 }
 
 fn lazy_advertised() -> bool {
@@ -233,29 +282,15 @@ fn run(cpu: usize, p: &Params) {
         setter,
         write_cycles: 0,
     };
-    let mut rng = XorShift::new(p.seed, cpu);
-    let timeout = p.timeout_tsc.max(1);
-    let (mut waits, mut cancels, mut missed) = (0u64, 0u64, 0u64);
-    for _ in 0..p.requests {
-        state.fired.store(false, Relaxed);
-        w.set(rdtsc() + timeout);
-        for _ in 0..p.depth {
-            let earlier = rng.next() % 1000 < p.early_per_mille;
-            let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
-            w.set(d);
-        }
-        if rng.next().is_multiple_of(p.cancel_one_in.max(1)) {
-            w.set(0);
-            cancels += 1;
-        } else {
-            waits += 1;
-            let d = state.current.load(Relaxed);
-            if !w.wait(d, p.miss_bound_tsc) {
-                missed += 1;
-                w.set(0);
-            }
-        }
-    }
+    let Counts {
+        waits,
+        cancels,
+        missed,
+    } = if p.program == PROGRAM_LVT_MASK {
+        masking::run(&mut w, p, lazy_area.map(|(area, _)| area))
+    } else {
+        requests(&mut w, p)
+    };
     let stats = w.setter.stats();
     report!(cpu, deadline_writes, stats.writes);
     report!(cpu, necessary_traps, stats.traps);
@@ -280,6 +315,7 @@ fn run(cpu: usize, p: &Params) {
 fn on_timer(cpu: usize) {
     let now = rdtsc();
     let st = &STATES.0[cpu];
+    st.all_timer_irqs.fetch_add(1, Relaxed);
     let current = st.current.load(Relaxed);
     if current != 0 && now >= current {
         st.current.store(0, Relaxed);

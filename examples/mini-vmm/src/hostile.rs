@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Execution, Mode, ModeRun, Workload};
+use crate::vm::{self, Execution, Mode, ModeRun, Program, Workload};
 
 /// Host timer events (expiries handled, re-arms, immediate injections) the
 /// hostile vCPU may cause per store or MSR write it makes, plus
@@ -132,6 +132,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
         early_per_mille: 10,
         cancel_one_in: 8,
         execution: Execution::Auto,
+        program: Program::Requests,
     };
     let mut json_out = false;
     let mut it = args;

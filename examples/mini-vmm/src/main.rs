@@ -6,6 +6,7 @@
 //! mini-vmm [run] [--mode kernel|eager|lazy] [options]
 //! mini-vmm compare [options]
 //! mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
+//! mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json]
 //! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths LIST] [--timeouts-us LIST]
 //! options: --requests N --depth N --timeout-us N --seed N --vcpus N
 //!          --early-per-mille N --cancel-one-in N --json
@@ -18,6 +19,7 @@ mod hostile;
 #[path = "../guest/layout.rs"]
 #[allow(dead_code)]
 mod layout;
+mod masking;
 mod plot;
 mod report;
 mod stats;
@@ -29,7 +31,7 @@ mod vm;
 use std::process::ExitCode;
 
 use report::ModeReport;
-use vm::{Execution, Mode, Workload};
+use vm::{Execution, Mode, Program, Workload};
 
 struct Args {
     compare: bool,
@@ -43,6 +45,7 @@ const USAGE: &str =
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
        [--execution native|emulated|auto]
        mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
+       mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] [--execution ..]
        mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
        [--execution ..]";
 
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             early_per_mille: 10,
             cancel_one_in: 8,
             execution: Execution::Auto,
+            program: Program::Requests,
         },
     };
     let mut it = std::env::args().skip(1);
@@ -96,6 +100,9 @@ fn parse_args() -> Result<Args, String> {
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("hostile") {
         return hostile::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("lvt-mask") {
+        return masking::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("sweep") {
         return sweep::main(std::env::args().skip(2));

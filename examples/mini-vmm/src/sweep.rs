@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::plot::{self, Line, Panel};
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Execution, Mode, Workload};
+use crate::vm::{self, Execution, Mode, Program, Workload};
 
 /// Usage of the `sweep` subcommand.
 pub const USAGE: &str = "usage: mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] \
@@ -259,6 +259,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
             early_per_mille: 10,
             cancel_one_in: 8,
             execution: Execution::Auto,
+            program: Program::Requests,
         },
     };
     let mut it = args.into_iter();

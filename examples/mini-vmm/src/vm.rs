@@ -129,6 +129,15 @@ fn is_pvm_host(vcpu: &VcpuFd) -> bool {
     matches!(vcpu.get_msrs(&mut msrs), Ok(1)) && msrs.as_slice()[0].data == PVM_SIGNATURE
 }
 
+/// What the honest vCPUs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// The request/response timer workload.
+    Requests,
+    /// The LVT-mask check (`guest/masking.rs`): `requests` rounds.
+    LvtMask,
+}
+
 /// The seeded workload every vCPU runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Workload {
@@ -148,6 +157,8 @@ pub struct Workload {
     pub cancel_one_in: u64,
     /// How the guest's code runs.
     pub execution: Execution,
+    /// What the vCPUs run.
+    pub program: Program,
 }
 
 /// Everything measured in one mode.
@@ -457,6 +468,10 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         hostile_vcpus: u64::from(hostile_vcpus),
         mem_size,
         native: u64::from(pvm_native),
+        program: match w.program {
+            Program::Requests => PROGRAM_REQUESTS,
+            Program::LvtMask => PROGRAM_LVT_MASK,
+        },
     };
     let gdt_limit = write_boot_data(&mem, &params, w.vcpus)?;
     for (i, v) in vcpus.iter().enumerate() {

@@ -54,3 +54,9 @@ pub const KVM_MSR_ENABLED: u64 = 1;
 
 /// Size in bytes of the shared per-vCPU struct.
 pub const LAZY_TSCDEADLINE_SIZE: usize = 64;
+
+/// The crate README's example, compiled and run as a doc test (also in the
+/// packaged crate, which contains the README).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -12,7 +12,8 @@
 //! The crate is `#![no_std]` and generic: [`MsrWriter`] writes MSRs and
 //! [`SharedFields`] reaches the two shared fields. [`AtomicSharedFields`]
 //! implements the latter over any properly aligned struct in memory; with
-//! the `x86_64` feature, [`x86::X86Msr`] implements the former with `wrmsr`.
+//! the `x86_64` feature (on x86-64 targets), `x86::X86Msr` implements the
+//! former with `wrmsr`.
 //!
 //! # Calling context
 //! Like any clock-event programming, `set_next_deadline` must run with local
@@ -77,3 +78,9 @@ impl<W: MsrWriter + ?Sized> MsrWriter for &mut W {
         (**self).write_msr(index, value)
     }
 }
+
+/// The crate README's example, compiled and run as a doc test (also in the
+/// packaged crate, which contains the README).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -88,7 +88,8 @@ pub use traits::{GuestClock, HostTimer, InterruptSink};
 
 pub use lazy_tscdeadline_abi as abi;
 
-/// The README's example, compiled and run as a doc test.
+/// The crate README's example, compiled and run as a doc test. The README
+/// lies inside the package, so the test also runs in the packaged crate.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

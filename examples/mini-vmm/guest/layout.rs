@@ -203,6 +203,9 @@ pub struct Results {
     /// Case C, lazy mode: `armed` in the shared struct read 0 after the
     /// masked expiry (counted in every mode; not lazy: always).
     pub mask_c_armed_zero: u64,
+    /// The most guest TSC cycles an early timer interrupt came before the
+    /// deadline it was taken for (0 without early interrupts).
+    pub early_by_max_cycles: u64,
     /// 1 if the guest switched itself to native execution (PVM).
     pub native_switched: u64,
     /// Instructions the guest executed between READY and DONE that trap to

@@ -41,6 +41,8 @@ pub(crate) struct CpuState {
     interrupts: AtomicU64,
     stale: AtomicU64,
     early: AtomicU64,
+    /// The most cycles an early interrupt came before its deadline.
+    early_by_max: AtomicU64,
     spurious: AtomicU64,
     wakes: AtomicU64,
     samples: AtomicU64,
@@ -55,6 +57,7 @@ const CPU_STATE_INIT: CpuState = CpuState {
     interrupts: AtomicU64::new(0),
     stale: AtomicU64::new(0),
     early: AtomicU64::new(0),
+    early_by_max: AtomicU64::new(0),
     spurious: AtomicU64::new(0),
     wakes: AtomicU64::new(0),
     samples: AtomicU64::new(0),
@@ -301,6 +304,7 @@ fn run(cpu: usize, p: &Params) {
     report!(cpu, timer_interrupts, state.interrupts.load(Relaxed));
     report!(cpu, stale_interrupts, state.stale.load(Relaxed));
     report!(cpu, early, state.early.load(Relaxed));
+    report!(cpu, early_by_max_cycles, state.early_by_max.load(Relaxed));
     report!(cpu, spurious, state.spurious.load(Relaxed));
     report!(cpu, watchdog_wakes, state.wakes.load(Relaxed));
     report!(
@@ -335,6 +339,7 @@ fn on_timer(cpu: usize) {
         st.spurious.fetch_add(1, Relaxed);
     } else {
         st.early.fetch_add(1, Relaxed);
+        st.early_by_max.fetch_max(current - now, Relaxed);
     }
 }
 

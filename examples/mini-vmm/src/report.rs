@@ -37,6 +37,8 @@ pub struct ModeReport {
     pub missed: u64,
     /// Timer interrupts before the current deadline (a violation).
     pub early: u64,
+    /// The most microseconds an early interrupt came before its deadline.
+    pub early_by_max_us: f64,
     /// Timer interrupts with nothing armed (a violation).
     pub spurious: u64,
     /// Lateness p50/p99/max in microseconds.
@@ -133,6 +135,13 @@ impl ModeReport {
             cancels: sum(|r| r.cancels),
             missed: sum(|r| r.missed),
             early: sum(|r| r.early),
+            early_by_max_us: to_us(
+                run.results
+                    .iter()
+                    .map(|r| r.early_by_max_cycles)
+                    .max()
+                    .unwrap_or(0),
+            ),
             spurious: sum(|r| r.spurious),
             lateness_us,
             cycles_per_write: sum(|r| r.write_cycles) as f64 / writes.max(1) as f64,
@@ -177,6 +186,12 @@ impl ModeReport {
             if n > 0 {
                 v.push(format!("{}: {n} {what} timer interrupt(s)", self.mode));
             }
+            if n > 0 && what == "early" {
+                v.push(format!(
+                    "{}: the earliest came {:.2} us before its deadline",
+                    self.mode, self.early_by_max_us
+                ));
+            }
         }
         if self.timer_interrupts + self.missed != self.waits {
             v.push(format!(
@@ -213,6 +228,7 @@ impl ModeReport {
             "cancels": self.cancels,
             "missed": self.missed,
             "early": self.early,
+            "early_by_max_us": self.early_by_max_us,
             "spurious": self.spurious,
             "lateness_us_p50": lat(0),
             "lateness_us_p99": lat(1),

@@ -681,6 +681,7 @@ mod tests {
             cancels: 0,
             missed: 0,
             early: 0,
+            early_by_max_us: 0.0,
             spurious: 0,
             lateness_us: None,
             cycles_per_write,

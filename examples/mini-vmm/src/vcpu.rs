@@ -207,6 +207,21 @@ pub struct VcpuOutcome {
     pub kvm_stats: Option<BTreeMap<String, u64>>,
 }
 
+/// KVM_EXIT_INTERNAL_ERROR with its sub-error, data words and RIP.
+fn internal_error(vcpu: &mut VcpuFd) -> String {
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is
+    // the active member of the exit union; it holds plain integers.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    format!(
+        "KVM_EXIT_INTERNAL_ERROR suberror {} data {:x?} at guest RIP {rip:#x}",
+        internal.suberror,
+        &internal.data[..n]
+    )
+}
+
 /// How the thread ended, if not with PORT_DONE.
 fn fault_message(index: u32, what: &str) -> String {
     format!("vCPU {index}: {what}")
@@ -382,7 +397,7 @@ fn run_loop(
                         ))
                     }
                     VcpuExit::InternalError => {
-                        return Err(fault_message(index, "KVM_EXIT_INTERNAL_ERROR"))
+                        return Err(fault_message(index, &internal_error(vcpu)))
                     }
                     other => {
                         return Err(fault_message(index, &format!("unexpected exit {other:?}")))

@@ -11,6 +11,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
 
 use crate::layout::*;
 use crate::stats::VcpuStats;
@@ -283,15 +284,14 @@ pub fn run(
                     VcpuExit::X86Rdmsr(exit) => {
                         exits.msr_reads += 1;
                         let result = match &timer {
-                            Some(t) if Timer::handles_msr(exit.index) => t
-                                .lock()
-                                .unwrap()
-                                .read_msr(exit.index)
-                                .map_err(|e| e.to_string()),
-                            _ => Err(format!("unexpected RDMSR {:#x}", exit.index)),
+                            Some(t) if handles_msr(exit.index) => {
+                                t.lock().unwrap().read_msr(exit.index)
+                            }
+                            _ => Err(ReadMsrError::UnknownMsr(exit.index)),
                         };
                         match result {
                             Ok(v) => *exit.data = v,
+                            // Also MSRs not routed to the timer: #GP.
                             Err(_) => {
                                 exits.gp_injected += 1;
                                 *exit.error = 1;
@@ -310,7 +310,7 @@ pub fn run(
                             MSR_KVM_LAZY_TSCDEADLINE => exits.registration_writes += 1,
                             _ => {}
                         }
-                        if timer.is_some() && Timer::handles_msr(exit.index) {
+                        if timer.is_some() && handles_msr(exit.index) {
                             pending_write = Some((exit.index, exit.data));
                         } else {
                             exits.gp_injected += 1;
@@ -356,10 +356,14 @@ pub fn run(
             let result = {
                 let mut t = t.lock().unwrap();
                 if let Some(lvt) = lvt {
-                    t.set_lvt_timer(lvt);
+                    t.set_lvt_timer(lvt)
+                        .map_err(|e| fault_message(index, &format!("LVT update: {e}")))?;
                 }
                 t.write_msr(msr, value)
             };
+            if let Err(e @ (WriteMsrError::Backend(_) | WriteMsrError::UnknownMsr(_))) = &result {
+                return Err(fault_message(index, &format!("WRMSR {msr:#x}: {e}")));
+            }
             if result.is_err() {
                 exits.gp_injected += 1;
                 let run = vcpu.get_kvm_run();

@@ -10,7 +10,9 @@ use lazy_tscdeadline_abi::{Registration, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSC
 /// before it stops trusting a `pending` that keeps moving under it. An
 /// honest guest changes `pending` at most once or twice while one kick runs;
 /// after this many rounds the kick publishes `armed = 0`, which settles in
-/// one more step (see `docs/PROTOCOL.md`).
+/// one more read. So one kick reads `pending` at most
+/// `MAX_KICK_ROUNDS + 2` times and stores `armed` at most
+/// `MAX_KICK_ROUNDS + 1` times (see `docs/PROTOCOL.md`).
 pub const MAX_KICK_ROUNDS: u32 = 4;
 
 /// The MSRs a [`TscDeadlineTimer`] emulates: `IA32_TSC_DEADLINE` and

@@ -39,14 +39,20 @@ fn restore(state: &TimerState, now: u64) {
     }
     t.resume().unwrap();
     assert!(!t.is_paused());
-    assert_eq!(timer.deadline(), (t.deadline() != 0).then_some(t.deadline()));
+    assert_eq!(
+        timer.deadline(),
+        (t.deadline() != 0).then_some(t.deadline())
+    );
     // Expiries settle in a bounded number of kicks, whatever `pending` holds.
     for _ in 0..=MAX_KICK_ROUNDS + 1 {
         if !timer.force_expire() {
             break;
         }
         t.kick().unwrap();
-        assert_eq!(timer.deadline(), (t.deadline() != 0).then_some(t.deadline()));
+        assert_eq!(
+            timer.deadline(),
+            (t.deadline() != 0).then_some(t.deadline())
+        );
     }
 }
 
@@ -68,4 +74,3 @@ fuzz_target!(|input: (&[u8], u32, u64, bool, u64, bool, u64)| {
     state.lazy_advertised = lazy_advertised;
     restore(&state, now);
 });
-

@@ -54,7 +54,6 @@ impl SharedFields for MemShared {
 pub struct TrapBridge {
     host: HostCell,
     last_fault: Option<WriteMsrError>,
-    faults: u64,
 }
 
 impl TrapBridge {
@@ -63,16 +62,11 @@ impl TrapBridge {
         TrapBridge {
             host,
             last_fault: None,
-            faults: 0,
         }
     }
     /// Takes the error of the last faulting write, if any.
     pub fn take_fault(&mut self) -> Option<WriteMsrError> {
         self.last_fault.take()
-    }
-    /// Number of writes answered with #GP.
-    pub fn faults(&self) -> u64 {
-        self.faults
     }
 }
 
@@ -80,7 +74,6 @@ impl MsrWriter for TrapBridge {
     fn write_msr(&mut self, index: u32, value: u64) {
         if let Err(e) = self.host.write_msr(index, value) {
             self.last_fault = Some(e);
-            self.faults += 1;
         }
     }
 }

@@ -18,13 +18,15 @@ impl MsrWriter for NoMsr {
 
 fn guest(c: &mut Criterion) {
     let mut g = c.benchmark_group("guest_write");
-    let mut area = Box::new(LazyTscDeadline::default());
+    // Play the host: a timer is armed for TSC 1, so every later write defers.
+    let mut area = Box::new(LazyTscDeadline {
+        armed: 1,
+        ..LazyTscDeadline::default()
+    });
     // SAFETY: `area` outlives the setter and is only accessed through it.
     let shared = unsafe { AtomicSharedFields::new(&mut *area) };
     let mut setter = DeadlineSetter::new(NoMsr);
     setter.register(shared, 0x1000).unwrap();
-    // Play the host: a timer is armed for TSC 1, so every later write defers.
-    setter.shared().unwrap().host_publish_armed(1);
     let mut t = 2u64;
     g.bench_function("lazy_set_next_deadline", |b| {
         b.iter(|| {

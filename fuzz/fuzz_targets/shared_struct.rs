@@ -16,8 +16,9 @@ fuzz_target!(|input: (bool, Vec<FuzzOp>)| {
     ops.push(Op::Expire);
     ops.push(Op::Advance(u64::MAX / 2));
     if hostile {
-        let (_, vcpu) = Scenario::run_hostile(&ops).expect("hostile run stays consistent");
-        vcpu.check_invariants(false).expect("consistent host state");
+        // `run_hostile` checks the host's consistency, bounded work and
+        // that nothing but `armed` was written after every step.
+        Scenario::run_hostile(&ops).expect("hostile run stays consistent");
     } else {
         let late = ops.iter().any(|o| matches!(o, Op::AdvanceLate(_)));
         let lazy = Scenario::run(GuestKind::Lazy, &ops).expect("honest lazy run");

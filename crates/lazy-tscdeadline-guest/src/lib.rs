@@ -23,6 +23,10 @@
 //! IRR bit and the guest sees one interrupt (see `docs/PROTOCOL.md`).
 //!
 //! ```
+//! # extern crate std;
+//! use std::boxed::Box;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
 //! use lazy_tscdeadline_abi::{LazyTscDeadline, MSR_IA32_TSC_DEADLINE};
 //! use lazy_tscdeadline_guest::{AtomicSharedFields, DeadlineSetter, MsrWriter, WriteOutcome};
 //!
@@ -35,16 +39,20 @@
 //!     }
 //! }
 //!
-//! let mut area = LazyTscDeadline::default();
-//! // SAFETY: `area` outlives `shared` and is only accessed through it below.
-//! let shared = unsafe { AtomicSharedFields::new(&mut area) };
+//! let area: *mut LazyTscDeadline = Box::leak(Box::default());
+//! // SAFETY: `area` is a leaked, hence live, aligned struct, and below both
+//! // `shared` and `host_armed` access its fields only atomically.
+//! let shared = unsafe { AtomicSharedFields::new(area) };
+//! // The host's view of `armed` (in a VM: the host's mapping of the struct).
+//! // SAFETY: as above; `armed` is 8-byte aligned.
+//! let host_armed = unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*area).armed)) };
 //! let mut setter = DeadlineSetter::new(Recorder::default());
 //! setter.register(shared, 0x9000).unwrap();
 //!
 //! // Nothing armed yet: the write traps.
 //! assert_eq!(setter.set_next_deadline(1_000), WriteOutcome::Trapped);
-//! // Pretend the host armed it, as its UPDATE handler would.
-//! setter.shared().unwrap().host_publish_armed(1_000);
+//! // The host arms its timer and publishes it, as its UPDATE handler does.
+//! host_armed.store(1_000, Ordering::SeqCst);
 //! // A later deadline is left to the host's timer: no exit.
 //! assert_eq!(setter.set_next_deadline(5_000), WriteOutcome::Deferred);
 //! // An earlier one must trap.

@@ -70,13 +70,6 @@ impl AtomicSharedFields {
         self.field(true).load(Ordering::Relaxed)
     }
 
-    /// Stores `armed` as the host would. Only for tests and examples: in a
-    /// real guest only the host writes `armed`.
-    pub fn host_publish_armed(&self, deadline: u64) {
-        self.field(false).store(deadline, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-    }
-
     /// Zeroes `armed` and `pending`, as a guest does before registering.
     pub fn reset(&self) {
         self.field(false).store(0, Ordering::Relaxed);

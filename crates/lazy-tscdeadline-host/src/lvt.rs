@@ -59,10 +59,33 @@ impl LvtTimer {
         }
     }
 
-    /// Whether `IA32_TSC_DEADLINE` writes can arm a timer: TSC-deadline
-    /// mode and not masked.
-    pub const fn deadline_live(self) -> bool {
-        matches!(self.mode(), TimerMode::TscDeadline) && !self.masked()
+    /// The same register with the mask bit set (`true`) or clear.
+    pub const fn with_masked(self, masked: bool) -> Self {
+        if masked {
+            LvtTimer(self.0 | MASK_BIT)
+        } else {
+            LvtTimer(self.0 & !MASK_BIT)
+        }
+    }
+
+    /// Whether the timer is in TSC-deadline mode, the mode in which
+    /// `IA32_TSC_DEADLINE` writes arm it and reads return the deadline,
+    /// whether the LVT is masked or not (the mask only suppresses the
+    /// interrupt; SDM vol. 3A, "TSC-Deadline Mode").
+    pub const fn is_tsc_deadline(self) -> bool {
+        matches!(self.mode(), TimerMode::TscDeadline)
+    }
+
+    /// Whether an expiry now delivers the interrupt: TSC-deadline mode and
+    /// not masked.
+    pub const fn delivers(self) -> bool {
+        self.is_tsc_deadline() && !self.masked()
+    }
+}
+
+impl From<u32> for LvtTimer {
+    fn from(raw: u32) -> Self {
+        LvtTimer::from_raw(raw)
     }
 }
 
@@ -78,8 +101,12 @@ mod tests {
             (l.vector(), l.masked(), l.mode()),
             (0xec, false, TimerMode::TscDeadline)
         );
-        assert!(l.deadline_live());
-        assert!(!LvtTimer::from_raw(l.raw() | 1 << 16).deadline_live());
+        assert!(l.is_tsc_deadline() && l.delivers());
+        let masked = l.with_masked(true);
+        assert_eq!(masked.raw(), l.raw() | 1 << 16);
+        assert!(masked.is_tsc_deadline() && !masked.delivers());
+        assert_eq!(masked.with_masked(false), l);
+        assert!(!LvtTimer::from_raw(1 << 17).is_tsc_deadline());
         assert_eq!(LvtTimer::from_raw(1 << 17).mode(), TimerMode::Periodic);
         assert_eq!(LvtTimer::from_raw(3 << 17).mode(), TimerMode::Reserved);
         assert!(LvtTimer::RESET.masked());

@@ -2,11 +2,12 @@
 //! host timer, with small local fakes.
 
 use std::cell::Cell;
+use std::convert::Infallible;
 
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
 use lazy_tscdeadline_host::{
-    Config, Error, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, TimerState,
-    TscDeadlineTimer, STATE_VERSION,
+    Config, GuestClock, GuestFault, HostTimer, InterruptSink, KickOutcome, LvtTimer, ReadMsrError,
+    StateError, TimerState, TscDeadlineTimer, WriteMsrError,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -20,18 +21,23 @@ impl GuestClock for Clock {
 #[derive(Default, Debug)]
 struct Timer(Option<u64>);
 impl HostTimer for Timer {
-    fn arm(&mut self, d: u64) {
-        self.0 = Some(d)
+    type Error = Infallible;
+    fn arm(&mut self, d: u64) -> Result<(), Infallible> {
+        self.0 = Some(d);
+        Ok(())
     }
-    fn disarm(&mut self) {
-        self.0 = None
+    fn disarm(&mut self) -> Result<(), Infallible> {
+        self.0 = None;
+        Ok(())
     }
 }
 #[derive(Default, Debug)]
 struct Irq(u32);
 impl InterruptSink for Irq {
-    fn inject(&mut self, _: u8) {
-        self.0 += 1
+    type Error = Infallible;
+    fn inject(&mut self, _: u8) -> Result<(), Infallible> {
+        self.0 += 1;
+        Ok(())
     }
 }
 
@@ -60,17 +66,14 @@ fn timer_with_clock<'a>(
     advertised: bool,
     clock: &'static Clock,
 ) -> Host<'a> {
-    let mut t = TscDeadlineTimer::new(
+    TscDeadlineTimer::new(
         mem,
         Timer::default(),
         clock,
         Irq::default(),
-        Config {
-            lazy_advertised: advertised,
-        },
-    );
-    t.set_lvt_timer(LvtTimer::tsc_deadline(0xec).raw());
-    t
+        LvtTimer::tsc_deadline(0xec),
+        Config::new().with_lazy_advertised(advertised),
+    )
 }
 
 #[test]
@@ -105,19 +108,21 @@ fn bad_registrations_fault_and_leave_state_alone() {
 fn feature_not_advertised_faults_every_access() {
     let mem = memory();
     let mut t = timer(&mem, false);
-    assert_eq!(
-        t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001),
-        Err(Error::FeatureNotAdvertised)
-    );
-    assert_eq!(
-        t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0),
-        Err(Error::FeatureNotAdvertised)
-    );
+    for value in [0x1001, 0] {
+        assert!(matches!(
+            t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, value),
+            Err(WriteMsrError::GuestFault(GuestFault::FeatureNotAdvertised))
+        ));
+    }
     assert_eq!(
         t.read_msr(MSR_KVM_LAZY_TSCDEADLINE),
-        Err(Error::FeatureNotAdvertised)
+        Err(ReadMsrError::GuestFault(GuestFault::FeatureNotAdvertised))
     );
-    assert_eq!(t.write_msr(0x10, 1), Err(Error::UnknownMsr(0x10)));
+    // A routing bug of the VMM is not a guest fault.
+    let e = t.write_msr(0x10, 1).unwrap_err();
+    assert!(matches!(e, WriteMsrError::UnknownMsr(0x10)) && !e.is_guest_fault());
+    let e = t.read_msr(0x10).unwrap_err();
+    assert!(e == ReadMsrError::UnknownMsr(0x10) && !e.is_guest_fault());
     // IA32_TSC_DEADLINE still works eagerly.
     t.write_msr(MSR_IA32_TSC_DEADLINE, 10).unwrap();
     assert_eq!(t.read_msr(MSR_IA32_TSC_DEADLINE), Ok(10));
@@ -136,9 +141,9 @@ fn host_writes_only_armed_of_the_registered_struct() {
     mem.write_obj(900u64, GuestAddress(0x2048)).unwrap();
     t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
     mem.write_obj(900u64, GuestAddress(0x2048)).unwrap();
-    let _ = t.kick();
+    t.kick().unwrap();
     t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
-    t.reset();
+    t.reset().unwrap();
     let mut after = vec![0u8; 0x8000];
     mem.read_slice(&mut after, GuestAddress(0)).unwrap();
     for (i, b) in after.iter().enumerate() {
@@ -164,7 +169,7 @@ fn host_never_trusts_armed_in_guest_memory() {
     mem.write_obj(7u64, GuestAddress(0x1000)).unwrap();
     assert_eq!(t.read_msr(MSR_IA32_TSC_DEADLINE), Ok(100));
     // A kick before 100 is an early host expiry: re-armed, no interrupt.
-    assert_eq!(t.kick(), KickOutcome::TooEarly);
+    assert_eq!(t.kick().unwrap(), KickOutcome::TooEarly);
     assert_eq!(t.interrupts().0, 0);
     assert_eq!(t.host_timer().0, Some(100));
 }
@@ -187,7 +192,7 @@ fn hostile_pending_values_are_bounded() {
         t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
         mem.write_obj(pending, GuestAddress(0x1008)).unwrap();
         clock.0.set(100);
-        assert_eq!(t.kick(), want, "pending {pending}");
+        assert_eq!(t.kick().unwrap(), want, "pending {pending}");
         let published = mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap();
         assert_eq!(published, t.deadline(), "armed mirrors the host's copy");
         if t.deadline() != 0 {
@@ -199,91 +204,147 @@ fn hostile_pending_values_are_bounded() {
 }
 
 #[test]
-fn snapshot_versions_and_inconsistencies_are_rejected() {
+fn snapshot_inconsistencies_are_rejected() {
     let mem = memory();
     let t = registered_and_armed(&mem);
     let good = t.state();
-    assert_eq!(good.version, STATE_VERSION);
     let restore = |s: &TimerState| {
         TscDeadlineTimer::from_state(&mem, Timer::default(), Clock::default(), Irq::default(), s)
             .map(|t| t.deadline())
     };
     assert_eq!(restore(&good), Ok(100));
+    let change = |f: fn(&mut TimerState)| {
+        let mut s = good;
+        f(&mut s);
+        s
+    };
     let bad: [(TimerState, &str); 6] = [
+        (change(|s| s.registration = 0x1003), "reserved bits"),
+        (change(|s| s.registration = 0x8001), "outside RAM"),
+        (change(|s| s.lazy_advertised = false), "not advertised"),
+        (change(|s| s.deadline = 0), "published without deadline"),
         (
-            TimerState {
-                version: 99,
-                ..good
-            },
-            "version",
+            change(|s| {
+                s.published = false;
+                s.registration = 0;
+            }),
+            "unpublished deadline, one-shot LVT",
         ),
         (
-            TimerState {
-                registration: 0x1003,
-                ..good
-            },
-            "reserved bits",
-        ),
-        (
-            TimerState {
-                registration: 0x8001,
-                ..good
-            },
-            "outside RAM",
-        ),
-        (
-            TimerState {
-                lazy_advertised: false,
-                ..good
-            },
-            "not advertised",
-        ),
-        (
-            TimerState {
-                deadline: 0,
-                ..good
-            },
-            "published without deadline",
-        ),
-        (
-            TimerState {
-                lvt_timer: 1 << 16,
-                ..good
-            },
-            "masked LVT with deadline",
+            change(|s| s.lvt_timer = 1 << 17 | 0xec),
+            "periodic LVT with deadline",
         ),
     ];
     for (s, why) in bad {
-        let e = restore(&s).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::UnsupportedStateVersion(99) | Error::InvalidState(_)
-            ),
-            "{why}: {e:?}"
-        );
+        let e = restore(&s);
+        if why.starts_with("unpublished") {
+            // Consistent: a deadline armed before registration.
+            assert_eq!(e, Ok(100), "{why}");
+        } else {
+            assert!(matches!(e, Err(StateError::Invalid(_))), "{why}: {e:?}");
+        }
     }
-    // The restored timer re-arms the host timer and re-publishes armed.
+    // A masked LVT in TSC-deadline mode keeps its deadline (the mask only
+    // suppresses delivery).
+    assert_eq!(
+        restore(&change(
+            |s| s.lvt_timer = LvtTimer::tsc_deadline(0xec).with_masked(true).raw()
+        )),
+        Ok(100)
+    );
+}
+
+#[test]
+fn restored_timer_stays_paused_until_resumed() {
+    let mem = memory();
+    let good = registered_and_armed(&mem).state();
+    // Guest memory came back with a stale `armed`.
     mem.write_obj(0u64, GuestAddress(0x1000)).unwrap();
-    let r = TscDeadlineTimer::from_state(
-        &mem,
-        Timer::default(),
-        Clock::default(),
-        Irq::default(),
-        &good,
-    )
-    .unwrap();
-    assert_eq!(r.host_timer().0, Some(100));
+    let clock: &'static Clock = Box::leak(Box::default());
+    clock.0.set(500);
+    let mut r =
+        TscDeadlineTimer::from_state(&mem, Timer::default(), clock, Irq::default(), &good).unwrap();
+    assert!(r.is_paused());
+    assert_eq!(r.host_timer().0, None, "no host timer before resume");
     assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 100);
+    // The guest TSC is not restored yet: a kick must not fire the deadline.
+    assert_eq!(r.kick().unwrap(), KickOutcome::Stale);
+    assert_eq!(r.interrupts().0, 0);
+    assert_eq!(r.deadline(), 100);
+    r.resume().unwrap();
+    assert!(!r.is_paused());
+    assert_eq!(r.host_timer().0, Some(100));
+    mem.write_obj(100u64, GuestAddress(0x1008)).unwrap();
+    assert_eq!(r.kick().unwrap(), KickOutcome::Injected);
+    assert_eq!(r.interrupts().0, 1);
+    // `new` has nothing to resume.
+    assert!(!timer(&mem, true).is_paused());
 }
 
 #[cfg(feature = "serde")]
-#[test]
-fn state_round_trips_through_json() {
-    let mem = memory();
-    let t = registered_and_armed(&mem);
-    let s = t.state();
-    let json = serde_json::to_string(&s).unwrap();
-    assert_eq!(serde_json::from_str::<TimerState>(&json).unwrap(), s);
-    assert!(serde_json::from_str::<TimerState>("{\"version\":1}").is_err());
+mod serde_snapshots {
+    use super::*;
+    use lazy_tscdeadline_host::{TimerSnapshot, STATE_VERSION};
+
+    /// Written by the crate before the versioned envelope (state version 1).
+    const V1: &str = include_str!("data/timer-state-v1.json");
+
+    #[test]
+    fn version_1_snapshot_restores() {
+        let snap: TimerSnapshot = serde_json::from_str(V1).unwrap();
+        assert_eq!(snap.version(), 1);
+        let state = snap.into_state().unwrap();
+        assert_eq!(state.deadline, 100);
+        assert!(state.published);
+        assert_eq!(state.registration, 0x1001);
+        assert_eq!(state.counters.trapped_writes, 2);
+        assert_eq!(state.counters.kick_cancels, 1);
+        assert_eq!(state.counters.masked_expiries, 0, "new counter defaults");
+        let mem = memory();
+        let mut r = TscDeadlineTimer::from_state(
+            &mem,
+            Timer::default(),
+            Clock::default(),
+            Irq::default(),
+            &state,
+        )
+        .unwrap();
+        r.resume().unwrap();
+        assert_eq!(r.host_timer().0, Some(100));
+        assert_eq!(r.read_msr(MSR_KVM_LAZY_TSCDEADLINE), Ok(0x1001));
+        assert_eq!(r.read_msr(MSR_IA32_TSC_DEADLINE), Ok(100));
+    }
+
+    #[test]
+    fn current_snapshot_round_trips_and_newer_versions_are_typed_errors() {
+        let mem = memory();
+        let s = registered_and_armed(&mem).state();
+        let json = serde_json::to_string(&TimerSnapshot::from(s)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["version"], STATE_VERSION);
+        let back: TimerSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.version(), STATE_VERSION);
+        assert_eq!(back.into_state(), Ok(s));
+        // A snapshot from a newer crate, whatever its layout, is reported by
+        // version, not as a decoding error.
+        let newer: TimerSnapshot =
+            serde_json::from_str(r#"{"version": 9, "timers": [1, 2], "state": "x"}"#).unwrap();
+        assert_eq!(newer.into_state(), Err(StateError::UnsupportedVersion(9)));
+        // Known versions with a broken body, and no version at all, fail.
+        for bad in [
+            r#"{"version": 1}"#,
+            r#"{"version": 2, "state": {}}"#,
+            r#"{"state": {}}"#,
+        ] {
+            assert!(serde_json::from_str::<TimerSnapshot>(bad).is_err(), "{bad}");
+        }
+        // Counters missing from a state default to 0.
+        let mut v2 = v.clone();
+        v2["state"]["counters"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resets");
+        let back: TimerSnapshot = serde_json::from_value(v2).unwrap();
+        assert_eq!(back.into_state().unwrap().counters.resets, 0);
+    }
 }

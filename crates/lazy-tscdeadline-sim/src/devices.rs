@@ -1,6 +1,7 @@
 //! Fake devices: virtual TSC, one-shot host timer, recording interrupt sink.
 
 use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
 use std::rc::Rc;
 
 use lazy_tscdeadline_host::{GuestClock, HostTimer, InterruptSink};
@@ -26,30 +27,22 @@ impl GuestClock for VirtualClock {
     }
 }
 
-#[derive(Debug, Default)]
-struct TimerInner {
-    deadline: Option<u64>,
-    arms: u64,
-    disarms: u64,
-}
-
 /// A one-shot host timer. The simulator polls it with
 /// [`FakeTimer::take_expired`] and then kicks the host.
 #[derive(Clone, Debug, Default)]
-pub struct FakeTimer(Rc<RefCell<TimerInner>>);
+pub struct FakeTimer(Rc<Cell<Option<u64>>>);
 
 impl FakeTimer {
     /// The armed deadline, if any.
     pub fn deadline(&self) -> Option<u64> {
-        self.0.borrow().deadline
+        self.0.get()
     }
     /// If armed for a deadline at or before `now`, expires it (disarms) and
     /// returns true.
     pub fn take_expired(&self, now: u64) -> bool {
-        let mut t = self.0.borrow_mut();
-        match t.deadline {
+        match self.0.get() {
             Some(d) if d <= now => {
-                t.deadline = None;
+                self.0.set(None);
                 true
             }
             _ => false,
@@ -58,25 +51,19 @@ impl FakeTimer {
     /// Expires the timer whatever its deadline (an early or stray host
     /// expiry); returns whether it was armed.
     pub fn force_expire(&self) -> bool {
-        self.0.borrow_mut().deadline.take().is_some()
-    }
-    /// `(arms, disarms)` so far.
-    pub fn calls(&self) -> (u64, u64) {
-        let t = self.0.borrow();
-        (t.arms, t.disarms)
+        self.0.take().is_some()
     }
 }
 
 impl HostTimer for FakeTimer {
-    fn arm(&mut self, deadline: u64) {
-        let mut t = self.0.borrow_mut();
-        t.deadline = Some(deadline);
-        t.arms += 1;
+    type Error = Infallible;
+    fn arm(&mut self, deadline: u64) -> Result<(), Infallible> {
+        self.0.set(Some(deadline));
+        Ok(())
     }
-    fn disarm(&mut self) {
-        let mut t = self.0.borrow_mut();
-        t.deadline = None;
-        t.disarms += 1;
+    fn disarm(&mut self) -> Result<(), Infallible> {
+        self.0.set(None);
+        Ok(())
     }
 }
 
@@ -108,17 +95,15 @@ impl RecordingIrq {
     pub fn log(&self) -> Vec<Interrupt> {
         self.log.borrow().clone()
     }
-    /// How many injections so far.
-    pub fn count(&self) -> usize {
-        self.log.borrow().len()
-    }
 }
 
 impl InterruptSink for RecordingIrq {
-    fn inject(&mut self, vector: u8) {
+    type Error = Infallible;
+    fn inject(&mut self, vector: u8) -> Result<(), Infallible> {
         self.log.borrow_mut().push(Interrupt {
             time: self.clock.now(),
             vector,
         });
+        Ok(())
     }
 }

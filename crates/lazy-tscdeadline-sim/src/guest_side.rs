@@ -1,16 +1,14 @@
 //! The guest's side of the simulated vCPU: shared fields in guest memory and
 //! the MSR "exit" into the host.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::{fence, Ordering};
 
 use lazy_tscdeadline_abi::{ARMED_OFFSET, PENDING_OFFSET};
 use lazy_tscdeadline_guest::{MsrWriter, SharedFields};
-use lazy_tscdeadline_host::Error;
+use lazy_tscdeadline_host::WriteMsrError;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::vcpu::{SimHost, SimMemory};
+use crate::vcpu::{HostCell, SimMemory};
 
 /// The guest's [`SharedFields`] over the simulated guest memory, with the
 /// same atomic accesses a guest kernel makes.
@@ -54,35 +52,28 @@ impl SharedFields for MemShared {
 /// remembering the last #GP.
 #[derive(Debug)]
 pub struct TrapBridge {
-    host: Rc<RefCell<SimHost>>,
-    last_fault: Option<Error>,
-    faults: u64,
+    host: HostCell,
+    last_fault: Option<WriteMsrError>,
 }
 
 impl TrapBridge {
     /// A bridge into `host`.
-    pub fn new(host: Rc<RefCell<SimHost>>) -> Self {
+    pub fn new(host: HostCell) -> Self {
         TrapBridge {
             host,
             last_fault: None,
-            faults: 0,
         }
     }
-    /// The #GP the last faulting write raised, if any.
-    pub fn last_fault(&self) -> Option<Error> {
-        self.last_fault
-    }
-    /// Number of writes answered with #GP.
-    pub fn faults(&self) -> u64 {
-        self.faults
+    /// Takes the error of the last faulting write, if any.
+    pub fn take_fault(&mut self) -> Option<WriteMsrError> {
+        self.last_fault.take()
     }
 }
 
 impl MsrWriter for TrapBridge {
     fn write_msr(&mut self, index: u32, value: u64) {
-        if let Err(e) = self.host.borrow_mut().write_msr(index, value) {
+        if let Err(e) = self.host.write_msr(index, value) {
             self.last_fault = Some(e);
-            self.faults += 1;
         }
     }
 }

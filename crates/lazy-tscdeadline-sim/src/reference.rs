@@ -1,54 +1,76 @@
 //! The reference model: plain, eager `IA32_TSC_DEADLINE` semantics.
 
-use lazy_tscdeadline_host::LvtTimer;
-
 use crate::Interrupt;
 
 /// What a guest would see with no protocol at all: one deadline register
-/// that every write replaces, firing once when the TSC reaches it.
+/// that every write replaces, expiring once when the TSC reaches it.
 ///
-/// It follows the same rules the host crate documents for the LVT (writes
-/// are ignored unless it is in live TSC-deadline mode; masking or leaving
-/// that mode drops the deadline) and, when `registration_cancels` is set,
-/// drops the deadline on every registration MSR write, as the host does.
-/// Before either drops a deadline, a deadline already due fires: a host
-/// catches up with a late timer before it acts on such a write.
+/// It is written from the architecture (SDM vol. 3A, "TSC-Deadline Mode"),
+/// not from the host crate: writes arm it only in TSC-deadline mode, masked
+/// or not, and are ignored in other modes; a change of the timer mode
+/// disarms it; an expiry disarms it and delivers an interrupt only if the
+/// LVT is unmasked at that moment. When `registration_cancels` is set it
+/// also drops the deadline on every registration MSR write, as the lazy
+/// host does. Before an LVT change or a registration write, a deadline
+/// already due expires under the old LVT value: a host catches up with a
+/// late timer before it acts on such a write.
 #[derive(Clone, Debug)]
 pub struct EagerModel {
-    lvt: LvtTimer,
+    lvt: u32,
     deadline: u64,
     registration_cancels: bool,
     fired: Vec<Interrupt>,
-    served: Vec<u64>,
+}
+
+/// The LVT timer's mask bit (16).
+pub(crate) const MASK_BIT: u32 = 1 << 16;
+
+/// The LVT timer register after INIT/RESET: masked, one-shot, vector 0.
+pub(crate) const LVT_RESET: u32 = MASK_BIT;
+
+/// The timer mode bits (18:17) of an LVT timer value.
+fn mode(lvt: u32) -> u32 {
+    (lvt >> 17) & 0b11
+}
+
+/// TSC-deadline mode is 0b10.
+pub(crate) fn tsc_deadline_mode(lvt: u32) -> bool {
+    mode(lvt) == 0b10
+}
+
+/// Whether the mask bit is set.
+pub(crate) fn masked(lvt: u32) -> bool {
+    lvt & MASK_BIT != 0
 }
 
 impl EagerModel {
     /// A model in the reset state.
     pub fn new(registration_cancels: bool) -> Self {
         EagerModel {
-            lvt: LvtTimer::RESET,
+            lvt: LVT_RESET,
             deadline: 0,
             registration_cancels,
             fired: Vec::new(),
-            served: Vec::new(),
         }
     }
     /// The guest wrote `t` at time `now`.
     pub fn write(&mut self, t: u64, now: u64) {
-        if !self.lvt.deadline_live() {
+        if !tsc_deadline_mode(self.lvt) {
             return;
         }
         self.deadline = t;
         self.expire(now);
     }
-    /// Time is `now` and the host looks at its timer: fire if due.
+    /// Time is `now` and the host looks at its timer: expire if due,
+    /// delivering the interrupt unless masked.
     pub fn expire(&mut self, now: u64) {
         if self.deadline != 0 && self.deadline <= now {
-            self.fired.push(Interrupt {
-                time: now,
-                vector: self.lvt.vector(),
-            });
-            self.served.push(self.deadline);
+            if !masked(self.lvt) {
+                self.fired.push(Interrupt {
+                    time: now,
+                    vector: self.lvt as u8,
+                });
+            }
             self.deadline = 0;
         }
     }
@@ -60,10 +82,10 @@ impl EagerModel {
     /// A deadline already due is delivered first (`now` is the time).
     pub fn set_lvt(&mut self, raw: u32, now: u64) {
         self.expire(now);
-        self.lvt = LvtTimer::from_raw(raw);
-        if !self.lvt.deadline_live() {
+        if mode(raw) != mode(self.lvt) {
             self.deadline = 0;
         }
+        self.lvt = raw;
     }
     /// The guest wrote the registration MSR (successfully).
     /// A deadline already due is delivered first.
@@ -76,11 +98,7 @@ impl EagerModel {
     /// INIT/RESET.
     pub fn reset(&mut self) {
         self.deadline = 0;
-        self.lvt = LvtTimer::RESET;
-    }
-    /// The deadline each fired interrupt was for, in firing order.
-    pub fn served(&self) -> &[u64] {
-        &self.served
+        self.lvt = LVT_RESET;
     }
     /// Interrupts fired so far.
     pub fn fired(&self) -> &[Interrupt] {

@@ -2,10 +2,11 @@
 
 use std::rc::Rc;
 
-use lazy_tscdeadline_guest::{must_trap, GuestStats, WriteOutcome};
-use lazy_tscdeadline_host::{Counters, LvtTimer};
+use lazy_tscdeadline_guest::{GuestStats, WriteOutcome};
+use lazy_tscdeadline_host::Counters;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::reference::{masked, tsc_deadline_mode, LVT_RESET, MASK_BIT};
 use crate::{EagerModel, Interrupt, SimVcpu, TIMER_VECTOR};
 
 /// Upper bound on the host timer expiries one time step may deliver. The
@@ -31,8 +32,12 @@ pub enum GuestKind {
 /// One step of a scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Put the LVT timer in live TSC-deadline mode.
+    /// Put the LVT timer in unmasked TSC-deadline mode.
     LvtDeadline,
+    /// Set the LVT timer's mask bit (mode and vector unchanged).
+    Mask,
+    /// Clear the LVT timer's mask bit.
+    Unmask,
     /// Set the LVT timer to a raw value (masked, other modes, ...).
     Lvt(u32),
     /// The guest registers its struct.
@@ -86,21 +91,16 @@ pub struct Outcome {
     pub interrupts: Vec<Interrupt>,
     /// Interrupts the eager reference model fired for the same guest writes.
     pub reference: Vec<Interrupt>,
-    /// The deadline each reference interrupt was for.
-    pub reference_deadlines: Vec<u64>,
     /// `IA32_TSC_DEADLINE` writes the host received.
     pub host_trapped_writes: u64,
-    /// Writes the protocol requires to trap (`armed == 0 || t < armed` with
-    /// `armed` as in guest memory at the write; every write when eager).
+    /// Writes the protocol requires to trap (every write while the guest is
+    /// not registered, else `armed == 0 || t < armed` with `armed` the
+    /// deadline the host has published).
     pub necessary_traps: u64,
     /// Guest setter counters.
     pub guest: GuestStats,
     /// Host counters.
     pub counters: Counters,
-    /// Host timer kicks delivered.
-    pub kicks: u64,
-    /// Registration (or other MSR) writes answered with #GP.
-    pub faults: u64,
 }
 
 /// A property the scenario found broken.
@@ -113,7 +113,8 @@ pub enum ScenarioError {
         step: usize,
         /// Deadline written.
         deadline: u64,
-        /// `armed` in memory before the write.
+        /// The deadline the host had published as `armed` before the
+        /// write (0: none, or not registered).
         armed: u64,
     },
     /// One time step needed more than [`MAX_KICKS_PER_ADVANCE`] kicks.
@@ -136,6 +137,13 @@ pub enum ScenarioError {
         time: u64,
         /// The guest's latest deadline.
         deadline: u64,
+    },
+    /// An interrupt was delivered while the LVT timer was masked.
+    Masked {
+        /// Op index.
+        step: usize,
+        /// Injection time.
+        time: u64,
     },
     /// An interrupt fired with no deadline outstanding (nothing written
     /// since the last one fired, or the deadline was cancelled): spurious
@@ -171,9 +179,14 @@ pub struct Scenario {
     kind: GuestKind,
     honest: bool,
     last: u64,
-    /// The guest's outstanding deadline (written, live, not yet fired nor
-    /// cancelled), tracked independently of the host: the oracle for
-    /// early / spurious / lost.
+    /// The LVT timer register as the guest programmed it.
+    lvt: u32,
+    /// Whether the guest registered its struct (and has not unregistered
+    /// nor been reset since), as the scenario did it.
+    registered: bool,
+    /// The guest's outstanding deadline (written in TSC-deadline mode, not
+    /// yet expired nor cancelled), tracked independently of the host: the
+    /// oracle for early / spurious / lost / masked.
     wish: Option<u64>,
     seen_interrupts: usize,
     /// Whether the current step wrote the registration MSR.
@@ -195,6 +208,8 @@ impl Scenario {
             kind,
             honest,
             last: 0,
+            lvt: LVT_RESET,
+            registered: false,
             wish: None,
             seen_interrupts: 0,
             registration_written: false,
@@ -229,13 +244,10 @@ impl Scenario {
         Outcome {
             interrupts: self.vcpu.interrupts(),
             reference: self.reference.fired().to_vec(),
-            reference_deadlines: self.reference.served().to_vec(),
             host_trapped_writes: self.vcpu.host().counters().trapped_writes,
             necessary_traps: self.necessary_traps,
             guest: self.vcpu.guest().stats(),
             counters: self.vcpu.host().counters(),
-            kicks: self.vcpu.kicks(),
-            faults: self.vcpu.guest().msr().faults(),
         }
     }
 
@@ -248,26 +260,39 @@ impl Scenario {
     }
 
     fn step(&mut self, step: usize, op: Op) -> Result<(), ScenarioError> {
-        let live_before = self.vcpu.host().lvt_timer().deadline_live();
+        // Interrupts delivered during a step are delivered under the LVT
+        // value from before it (an LVT change first expires what is due).
+        let lvt_before = self.lvt;
         self.registration_written = false;
         self.apply(step, op)?;
         if self.honest {
-            self.check_interrupts(step)?;
+            self.check_interrupts(step, lvt_before)?;
             let processing = matches!(
                 op,
-                Op::Advance(_) | Op::Expire | Op::StrayExpiry | Op::Lvt(_) | Op::LvtDeadline
+                Op::Advance(_)
+                    | Op::Expire
+                    | Op::StrayExpiry
+                    | Op::Lvt(_)
+                    | Op::LvtDeadline
+                    | Op::Mask
+                    | Op::Unmask
             ) || self.registration_written;
-            if processing && live_before {
+            if processing && tsc_deadline_mode(lvt_before) {
                 if let Some(deadline) = self.wish.filter(|&d| d <= self.vcpu.now()) {
-                    return Err(ScenarioError::Lost { step, deadline });
+                    if !masked(lvt_before) {
+                        return Err(ScenarioError::Lost { step, deadline });
+                    }
+                    // Expired while masked: nothing is delivered (any
+                    // interrupt was rejected above) and it is gone.
+                    self.wish = None;
                 }
             }
-            // Events that drop the deadline, after the interrupts they
-            // may deliver first.
+            // Events that drop the deadline, after what they may deliver
+            // first.
             match op {
                 Op::Reset => self.wish = None,
                 _ if self.registration_written => self.wish = None,
-                _ if !self.vcpu.host().lvt_timer().deadline_live() => self.wish = None,
+                _ if !tsc_deadline_mode(self.lvt) => self.wish = None,
                 _ => {}
             }
         }
@@ -298,9 +323,15 @@ impl Scenario {
     }
 
     /// Checks the interrupts injected during `step` against the oracle.
-    fn check_interrupts(&mut self, step: usize) -> Result<(), ScenarioError> {
+    fn check_interrupts(&mut self, step: usize, lvt: u32) -> Result<(), ScenarioError> {
         let log = self.vcpu.interrupts();
         for irq in &log[self.seen_interrupts..] {
+            if masked(lvt) {
+                return Err(ScenarioError::Masked {
+                    step,
+                    time: irq.time,
+                });
+            }
             match self.wish.take() {
                 None => {
                     return Err(ScenarioError::Spurious {
@@ -326,10 +357,13 @@ impl Scenario {
         let now = self.vcpu.now();
         let lazy = self.kind == GuestKind::Lazy;
         match op {
-            Op::LvtDeadline => self.set_lvt(LvtTimer::tsc_deadline(TIMER_VECTOR).raw()),
+            Op::LvtDeadline => self.set_lvt((0b10 << 17) | u32::from(TIMER_VECTOR)),
             Op::Lvt(raw) => self.set_lvt(raw),
+            Op::Mask => self.set_lvt(self.lvt | MASK_BIT),
+            Op::Unmask => self.set_lvt(self.lvt & !MASK_BIT),
             Op::Register if lazy => match self.vcpu.register() {
                 Ok(()) => {
+                    self.registered = true;
                     self.registration_written = true;
                     self.reference.registration_write(now);
                     self.check_dropped(step, "registration")?;
@@ -341,8 +375,9 @@ impl Scenario {
                     })
                 }
             },
-            Op::Unregister if lazy && self.vcpu.registered() => {
+            Op::Unregister if lazy && self.registered => {
                 self.vcpu.unregister();
+                self.registered = false;
                 self.registration_written = true;
                 self.reference.registration_write(now);
                 self.check_dropped(step, "disable")?;
@@ -351,6 +386,8 @@ impl Scenario {
             Op::Reset => {
                 self.vcpu.reset();
                 self.reference.reset();
+                self.lvt = LVT_RESET;
+                self.registered = false;
                 self.last = 0;
                 self.check_dropped(step, "reset")?;
             }
@@ -400,6 +437,7 @@ impl Scenario {
     }
 
     fn set_lvt(&mut self, raw: u32) {
+        self.lvt = raw;
         self.vcpu.set_lvt(raw);
         self.reference.set_lvt(raw, self.vcpu.now());
     }
@@ -413,10 +451,22 @@ impl Scenario {
     }
 
     fn write(&mut self, step: usize, t: u64) -> Result<(), ScenarioError> {
-        let armed = self.vcpu.guest_armed();
-        let necessary = !self.vcpu.registered() || must_trap(armed, t);
+        // The trap oracle, written from the protocol and the host's own
+        // copy of what it published, not from the guest crate: a write
+        // must trap iff the guest is not registered, nothing is published,
+        // or it is earlier than the published deadline. (Honest guests
+        // only: a hostile one scribbles `armed` and traps as it likes.)
+        let armed = {
+            let host = self.vcpu.host();
+            if self.registered && host.is_published() {
+                host.deadline()
+            } else {
+                0
+            }
+        };
+        let necessary = armed == 0 || t < armed;
         let outcome = self.vcpu.write_deadline(t);
-        if (outcome == WriteOutcome::Trapped) != necessary {
+        if self.honest && (outcome == WriteOutcome::Trapped) != necessary {
             return Err(ScenarioError::WrongTrap {
                 step,
                 deadline: t,
@@ -426,7 +476,7 @@ impl Scenario {
         self.necessary_traps += u64::from(necessary);
         self.reference.write(t, self.vcpu.now());
         self.last = t;
-        if self.vcpu.host().lvt_timer().deadline_live() {
+        if tsc_deadline_mode(self.lvt) {
             self.wish = (t != 0).then_some(t);
         }
         Ok(())

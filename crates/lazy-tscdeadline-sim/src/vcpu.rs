@@ -3,9 +3,14 @@
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
 
-use lazy_tscdeadline_abi::{ARMED_OFFSET, PENDING_OFFSET};
+use lazy_tscdeadline_abi::{
+    ARMED_OFFSET, LAZY_TSCDEADLINE_SIZE, MSR_KVM_LAZY_TSCDEADLINE, PENDING_OFFSET,
+};
 use lazy_tscdeadline_guest::{DeadlineSetter, WriteOutcome};
-use lazy_tscdeadline_host::{Config, Error, GuestClock, KickOutcome, TimerState, TscDeadlineTimer};
+use lazy_tscdeadline_host::{
+    Config, GuestClock, KickOutcome, LvtTimer, ReadMsrError, StateError, TimerSnapshot,
+    TscDeadlineTimer, WriteMsrError,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::{FakeTimer, Interrupt, MemShared, RecordingIrq, TrapBridge, VirtualClock};
@@ -16,6 +21,75 @@ pub type SimMemory = Rc<GuestMemoryMmap>;
 /// The host timer type the simulator instantiates.
 pub type SimHost = TscDeadlineTimer<SimMemory, FakeTimer, VirtualClock, RecordingIrq>;
 
+/// What the simulated collaborators return: they never fail.
+const INFALLIBLE: &str = "the simulator's host timer and interrupt sink do not fail";
+
+/// The host timer, shared by the vCPU and the guest's trap bridge. Every
+/// host operation runs through [`HostCell::with`], which checks that it
+/// changed no byte of guest memory but `armed` of a registered struct.
+#[derive(Clone, Debug)]
+pub struct HostCell {
+    host: Rc<RefCell<SimHost>>,
+    mem: SimMemory,
+    /// The guest's own struct, always watched.
+    watch: u64,
+    /// Descriptions of writes outside `armed`, in order.
+    violations: Rc<RefCell<Vec<String>>>,
+}
+
+impl HostCell {
+    fn window(&self, gpa: u64) -> Option<[u8; LAZY_TSCDEADLINE_SIZE]> {
+        let mut b = [0u8; LAZY_TSCDEADLINE_SIZE];
+        self.mem
+            .read_slice(&mut b, GuestAddress(gpa))
+            .ok()
+            .map(|()| b)
+    }
+
+    /// Runs a host operation. `extra` names one more struct to watch (a
+    /// registration target). Compares the 64 bytes of the guest's struct, of
+    /// the struct registered before and after, and of `extra`, before and
+    /// after the operation: only the `armed` field of the struct registered
+    /// before or after may change (the guest does not run meanwhile).
+    pub fn with<R>(&self, extra: Option<u64>, f: impl FnOnce(&mut SimHost) -> R) -> R {
+        let before_area = self.host.borrow().registration().gpa();
+        let mut gpas = vec![self.watch];
+        gpas.extend(before_area);
+        gpas.extend(extra);
+        gpas.sort_unstable();
+        gpas.dedup();
+        let before: Vec<_> = gpas.iter().map(|&g| (g, self.window(g))).collect();
+        let r = f(&mut self.host.borrow_mut());
+        let after_area = self.host.borrow().registration().gpa();
+        for (gpa, old) in before {
+            let (Some(old), Some(new)) = (old, self.window(gpa)) else {
+                continue;
+            };
+            let armed_allowed = Some(gpa) == before_area || Some(gpa) == after_area;
+            for (i, (a, b)) in old.iter().zip(new.iter()).enumerate() {
+                let in_armed = (ARMED_OFFSET as usize..ARMED_OFFSET as usize + 8).contains(&i);
+                if a != b && !(armed_allowed && in_armed) {
+                    self.violations.borrow_mut().push(format!(
+                        "the host wrote byte {i} of the struct at {gpa:#x} ({a:#x} -> {b:#x}); registered before {before_area:x?}, after {after_area:x?}"
+                    ));
+                }
+            }
+        }
+        r
+    }
+
+    /// A WRMSR into the host (watching a registration target).
+    pub fn write_msr(&self, index: u32, value: u64) -> Result<(), WriteMsrError> {
+        let target = (index == MSR_KVM_LAZY_TSCDEADLINE && value & 1 != 0).then_some(value & !0x3f);
+        self.with(target, |h| h.write_msr(index, value))
+    }
+
+    /// Writes outside `armed` seen so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.borrow().clone()
+    }
+}
+
 /// Vector the simulated guest programs into its LVT timer.
 pub const TIMER_VECTOR: u8 = 0xec;
 
@@ -25,11 +99,10 @@ pub struct SimVcpu {
     clock: VirtualClock,
     timer: FakeTimer,
     irq: RecordingIrq,
-    host: Rc<RefCell<SimHost>>,
+    host: HostCell,
     guest: DeadlineSetter<MemShared, TrapBridge>,
     mem: SimMemory,
     gpa: u64,
-    kicks: u64,
 }
 
 impl SimVcpu {
@@ -38,13 +111,19 @@ impl SimVcpu {
         let clock = VirtualClock::default();
         let timer = FakeTimer::default();
         let irq = RecordingIrq::new(clock.clone());
-        let host = Rc::new(RefCell::new(TscDeadlineTimer::new(
-            mem.clone(),
-            timer.clone(),
-            clock.clone(),
-            irq.clone(),
-            Config { lazy_advertised },
-        )));
+        let host = HostCell {
+            host: Rc::new(RefCell::new(TscDeadlineTimer::new(
+                mem.clone(),
+                timer.clone(),
+                clock.clone(),
+                irq.clone(),
+                LvtTimer::RESET,
+                Config::new().with_lazy_advertised(lazy_advertised),
+            ))),
+            mem: mem.clone(),
+            watch: gpa,
+            violations: Rc::default(),
+        };
         let guest = DeadlineSetter::new(TrapBridge::new(host.clone()));
         SimVcpu {
             clock,
@@ -54,7 +133,6 @@ impl SimVcpu {
             guest,
             mem,
             gpa,
-            kicks: 0,
         }
     }
 
@@ -69,15 +147,15 @@ impl SimVcpu {
     }
 
     /// The guest registers its struct. Returns the #GP, if the host raised one.
-    pub fn register(&mut self) -> Result<(), Error> {
+    pub fn register(&mut self) -> Result<(), WriteMsrError> {
         self.guest.reset();
-        let faults = self.guest.msr().faults();
+        self.guest.msr_mut().take_fault();
         self.guest
             .register(MemShared::new(self.mem.clone(), self.gpa), self.gpa)
             .expect("simulator struct address is aligned");
-        if self.guest.msr().faults() != faults {
+        if let Some(fault) = self.guest.msr_mut().take_fault() {
             self.guest.reset();
-            return Err(self.guest.msr().last_fault().expect("fault recorded"));
+            return Err(fault);
         }
         Ok(())
     }
@@ -87,24 +165,14 @@ impl SimVcpu {
         self.guest.unregister();
     }
 
-    /// Whether the guest believes it is registered.
-    pub fn registered(&self) -> bool {
-        self.guest.shared().is_some()
-    }
-
-    /// The guest's view of `armed` (0 when not registered).
-    pub fn guest_armed(&self) -> u64 {
-        self.guest.shared().map_or(0, MemShared::armed)
-    }
-
     /// A raw WRMSR from the guest, bypassing the setter (hostile guests).
-    pub fn raw_msr_write(&mut self, index: u32, value: u64) -> Result<(), Error> {
-        self.host.borrow_mut().write_msr(index, value)
+    pub fn raw_msr_write(&mut self, index: u32, value: u64) -> Result<(), WriteMsrError> {
+        self.host.write_msr(index, value)
     }
 
     /// A raw RDMSR from the guest.
-    pub fn raw_msr_read(&self, index: u32) -> Result<u64, Error> {
-        self.host.borrow().read_msr(index)
+    pub fn raw_msr_read(&self, index: u32) -> Result<u64, ReadMsrError> {
+        self.host.with(None, |h| h.read_msr(index))
     }
 
     /// The guest writes an arbitrary value at `offset` (0..64, rounded down
@@ -116,12 +184,14 @@ impl SimVcpu {
 
     /// The LVT timer register changed.
     pub fn set_lvt(&mut self, raw: u32) {
-        self.host.borrow_mut().set_lvt_timer(raw);
+        self.host
+            .with(None, |h| h.set_lvt_timer(raw))
+            .expect(INFALLIBLE);
     }
 
     /// INIT/RESET of the vCPU: both sides forget the registration.
     pub fn reset(&mut self) {
-        self.host.borrow_mut().reset();
+        self.host.with(None, |h| h.reset()).expect(INFALLIBLE);
         self.guest.reset();
     }
 
@@ -130,10 +200,9 @@ impl SimVcpu {
     pub fn expire_due(&mut self) -> u64 {
         let mut kicks = 0;
         while kicks < crate::MAX_KICKS_PER_ADVANCE && self.timer.take_expired(self.clock.now()) {
-            self.host.borrow_mut().kick();
+            self.host.with(None, |h| h.kick()).expect(INFALLIBLE);
             kicks += 1;
         }
-        self.kicks += kicks;
         kicks
     }
 
@@ -141,8 +210,7 @@ impl SimVcpu {
     /// stray or early wake-up). Returns the kick's outcome.
     pub fn stray_expiry(&mut self) -> KickOutcome {
         self.timer.force_expire();
-        self.kicks += 1;
-        self.host.borrow_mut().kick()
+        self.host.with(None, |h| h.kick()).expect(INFALLIBLE)
     }
 
     /// Advances time by `delta`, delivering each host expiry on time.
@@ -169,28 +237,36 @@ impl SimVcpu {
         self.clock.advance(delta);
     }
 
-    /// Snapshots the host timer (through its serialized form) and restores
-    /// it into a fresh instance with a fresh host timer over the same memory.
-    pub fn snapshot_restore(&mut self) -> Result<(), Error> {
-        let state = self.host.borrow().state();
-        let text = serde_json::to_string(&state).expect("state serializes");
-        let state: TimerState = serde_json::from_str(&text).expect("state deserializes");
+    /// Snapshots the host timer (through its serialized, versioned form)
+    /// and restores it into a fresh instance with a fresh host timer over
+    /// the same memory, then resumes it (the virtual TSC needs no restore).
+    pub fn snapshot_restore(&mut self) -> Result<(), StateError> {
+        let snapshot = TimerSnapshot::from(self.host.host.borrow().state());
+        let text = serde_json::to_string(&snapshot).expect("state serializes");
+        let snapshot: TimerSnapshot = serde_json::from_str(&text).expect("state deserializes");
         let timer = FakeTimer::default();
-        let restored = TscDeadlineTimer::from_state(
-            self.mem.clone(),
-            timer.clone(),
-            self.clock.clone(),
-            self.irq.clone(),
-            &state,
-        )?;
+        let restored = self.host.with(None, |_| {
+            TscDeadlineTimer::from_state(
+                self.mem.clone(),
+                timer.clone(),
+                self.clock.clone(),
+                self.irq.clone(),
+                &snapshot.into_state()?,
+            )
+        })?;
         self.timer = timer;
-        *self.host.borrow_mut() = restored;
+        self.host
+            .with(None, |h| {
+                *h = restored;
+                h.resume()
+            })
+            .expect(INFALLIBLE);
         Ok(())
     }
 
     /// The host timer.
     pub fn host(&self) -> Ref<'_, SimHost> {
-        self.host.borrow()
+        self.host.host.borrow()
     }
 
     /// The guest setter.
@@ -208,11 +284,6 @@ impl SimVcpu {
         self.irq.log()
     }
 
-    /// Kicks delivered so far.
-    pub fn kicks(&self) -> u64 {
-        self.kicks
-    }
-
     /// The struct's `(armed, pending)` in guest memory.
     pub fn shared_fields(&self) -> (u64, u64) {
         let rd = |off| {
@@ -225,8 +296,13 @@ impl SimVcpu {
 
     /// Checks the host's internal consistency; with `honest`, also that the
     /// guest-visible `armed` is what the host published.
+    /// Always: the host wrote nothing in guest memory but `armed` of a
+    /// registered struct (see [`HostCell::with`]).
     pub fn check_invariants(&self, honest: bool) -> Result<(), String> {
-        let host = self.host.borrow();
+        if let Some(v) = self.host.violations().first() {
+            return Err(v.clone());
+        }
+        let host = self.host.host.borrow();
         let d = host.deadline();
         match (d, self.timer.deadline()) {
             (0, None) => {}

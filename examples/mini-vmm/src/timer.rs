@@ -92,33 +92,29 @@ impl FdTimer {
 }
 
 impl HostTimer for FdTimer {
-    fn arm(&mut self, deadline: u64) {
+    type Error = vmm_sys_util::errno::Error;
+
+    fn arm(&mut self, deadline: u64) -> Result<(), Self::Error> {
         let ns = tsc_to_ns(deadline.saturating_sub(rdtsc()), self.tsc_khz);
         // A zero duration would disarm the timerfd: expire "now" instead.
         let dur = Duration::from_nanos(ns.max(1));
-        if let Err(e) = self.fd.reset(dur, None) {
-            panic!("timerfd_settime failed: {e}");
-        }
+        self.fd.reset(dur, None)
     }
 
-    fn disarm(&mut self) {
-        if let Err(e) = self.fd.clear() {
-            panic!("timerfd_settime (disarm) failed: {e}");
-        }
+    fn disarm(&mut self) -> Result<(), Self::Error> {
+        self.fd.clear()
     }
 }
 
 /// Sends a fixed-vector MSI to one x2APIC, as KVM_SIGNAL_MSI.
-pub fn send_msi(vm: &VmFd, apic_id: u32, vector: u8) {
+pub fn send_msi(vm: &VmFd, apic_id: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
     let msi = kvm_msi {
         address_lo: 0xfee0_0000 | (apic_id << 12),
         address_hi: 0,
         data: u32::from(vector),
         ..Default::default()
     };
-    if let Err(e) = vm.signal_msi(msi) {
-        panic!("KVM_SIGNAL_MSI to APIC {apic_id} failed: {e}");
-    }
+    vm.signal_msi(msi).map(drop)
 }
 
 /// [`InterruptSink`] raising the LAPIC timer interrupt through an MSI.
@@ -136,8 +132,10 @@ impl MsiSink {
 }
 
 impl InterruptSink for MsiSink {
-    fn inject(&mut self, vector: u8) {
-        send_msi(&self.vm, self.apic_id, vector);
+    type Error = kvm_ioctls::Error;
+
+    fn inject(&mut self, vector: u8) -> Result<(), Self::Error> {
+        send_msi(&self.vm, self.apic_id, vector)
     }
 }
 
@@ -316,7 +314,8 @@ fn timer_loop(
                 .load(GuestAddress(addr), Ordering::Relaxed)
                 .map_err(|e| format!("reading guest memory: {e}"))?;
             if waiting != 0 && now > waiting.saturating_add(watchdog.bound_tsc) {
-                send_msi(&watchdog.vm, cpu, WAKE_VECTOR);
+                send_msi(&watchdog.vm, cpu, WAKE_VECTOR)
+                    .map_err(|e| format!("KVM_SIGNAL_MSI to APIC {cpu}: {e}"))?;
             }
         }
     }

@@ -11,10 +11,11 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
 
 use crate::layout::*;
 use crate::stats::VcpuStats;
-use crate::timer::{rdtsc, Timer, VcpuTimer};
+use crate::timer::{rdtsc, VcpuTimer};
 use crate::vm::Mode;
 
 const CR0_PE: u64 = 1;
@@ -241,13 +242,23 @@ fn read_lvt_timer(vcpu: &VcpuFd) -> Result<u32, String> {
 /// Handles an expiry of the host timer on the vCPU thread: the LVT as the
 /// guest has it now, then KICK (which injects only in TSC-deadline mode and
 /// unmasked).
-fn handle_expiry(vcpu: &VcpuFd, t: &VcpuTimer, exits: &mut ExitCounts) -> Result<(), String> {
+fn handle_expiry(
+    vcpu: &VcpuFd,
+    index: u32,
+    t: &VcpuTimer,
+    exits: &mut ExitCounts,
+) -> Result<(), String> {
     let start = rdtsc();
     let lvt = read_lvt_timer(vcpu)?;
     {
         let mut timer = t.timer.lock().unwrap();
-        timer.set_lvt_timer(lvt);
-        timer.kick();
+        // Read now, not when it changed: delivery is decided by this value.
+        timer
+            .observe_lvt_timer(lvt)
+            .map_err(|e| fault_message(index, &format!("LVT update: {e}")))?;
+        timer
+            .kick()
+            .map_err(|e| fault_message(index, &format!("timer expiry: {e}")))?;
     }
     exits.timer_expiries += 1;
     exits.expiry_cycles += rdtsc().wrapping_sub(start);
@@ -285,7 +296,7 @@ fn run_loop(
     loop {
         if let Some(t) = timer {
             if t.take_expiry() {
-                handle_expiry(vcpu, t, &mut exits)?;
+                handle_expiry(vcpu, index, t, &mut exits)?;
             }
         }
         // MSR writes to the emulated timer need KVM_GET_LAPIC, which cannot
@@ -351,16 +362,14 @@ fn run_loop(
                     VcpuExit::X86Rdmsr(exit) => {
                         exits.msr_reads += 1;
                         let result = match timer {
-                            Some(t) if Timer::handles_msr(exit.index) => t
-                                .timer
-                                .lock()
-                                .unwrap()
-                                .read_msr(exit.index)
-                                .map_err(|e| e.to_string()),
-                            _ => Err(format!("unexpected RDMSR {:#x}", exit.index)),
+                            Some(t) if handles_msr(exit.index) => {
+                                t.timer.lock().unwrap().read_msr(exit.index)
+                            }
+                            _ => Err(ReadMsrError::UnknownMsr(exit.index)),
                         };
                         match result {
                             Ok(v) => *exit.data = v,
+                            // Also MSRs not routed to the timer: #GP.
                             Err(_) => {
                                 exits.gp_injected += 1;
                                 *exit.error = 1;
@@ -379,7 +388,7 @@ fn run_loop(
                             MSR_KVM_LAZY_TSCDEADLINE => exits.registration_writes += 1,
                             _ => {}
                         }
-                        if timer.is_some() && Timer::handles_msr(exit.index) {
+                        if timer.is_some() && handles_msr(exit.index) {
                             pending_write = Some((exit.index, exit.data));
                         } else {
                             exits.gp_injected += 1;
@@ -422,10 +431,14 @@ fn run_loop(
             let result = {
                 let mut t = t.timer.lock().unwrap();
                 if let Some(lvt) = lvt {
-                    t.set_lvt_timer(lvt);
+                    t.set_lvt_timer(lvt)
+                        .map_err(|e| fault_message(index, &format!("LVT update: {e}")))?;
                 }
                 t.write_msr(msr, value)
             };
+            if let Err(e @ (WriteMsrError::Backend(_) | WriteMsrError::UnknownMsr(_))) = &result {
+                return Err(fault_message(index, &format!("WRMSR {msr:#x}: {e}")));
+            }
             if result.is_err() {
                 exits.gp_injected += 1;
                 let run = vcpu.get_kvm_run();

@@ -19,7 +19,7 @@ use lazy_tscdeadline_abi::{
     KVM_CPUID_FEATURES, KVM_FEATURE_LAZY_TSCDEADLINE, MSR_IA32_TSC_DEADLINE,
     MSR_KVM_LAZY_TSCDEADLINE,
 };
-use lazy_tscdeadline_host::{Config, Counters};
+use lazy_tscdeadline_host::{Config, Counters, LvtTimer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::*;
@@ -490,9 +490,8 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                 host_timer,
                 TscClock,
                 MsiSink::new(vm.clone(), i),
-                Config {
-                    lazy_advertised: mode == Mode::Lazy,
-                },
+                LvtTimer::RESET,
+                Config::new().with_lazy_advertised(mode == Mode::Lazy),
             );
             let t = Arc::new(VcpuTimer::new(t));
             fds.push((fd, t.clone()));

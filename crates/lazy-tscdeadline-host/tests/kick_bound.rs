@@ -1,0 +1,93 @@
+//! How much work one KICK does when the guest rewrites `pending` between
+//! every two reads of it: the bound `docs/PROTOCOL.md` states.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_host::{
+    Config, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, SharedMemory,
+    TscDeadlineTimer, MAX_KICK_ROUNDS,
+};
+
+/// A registered struct whose `pending` the guest changes before every read
+/// (always a later deadline), counting the host's accesses.
+#[derive(Default)]
+struct RacingGuest {
+    reads: Cell<u32>,
+    publishes: Cell<u32>,
+    last_armed: Cell<u64>,
+}
+
+impl SharedMemory for &RacingGuest {
+    fn struct_in_ram(&self, _: u64) -> bool {
+        true
+    }
+    fn publish_armed(&self, _: u64, armed: u64) -> bool {
+        self.publishes.set(self.publishes.get() + 1);
+        self.last_armed.set(armed);
+        true
+    }
+    fn load_pending(&self, _: u64) -> Option<u64> {
+        let n = self.reads.get() + 1;
+        self.reads.set(n);
+        Some(1000 + u64::from(n))
+    }
+}
+
+#[derive(Default)]
+struct Clock(Cell<u64>);
+impl GuestClock for Clock {
+    fn now(&self) -> u64 {
+        self.0.get()
+    }
+}
+struct Nop;
+impl HostTimer for Nop {
+    type Error = Infallible;
+    fn arm(&mut self, _: u64) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn disarm(&mut self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+impl InterruptSink for Nop {
+    type Error = Infallible;
+    fn inject(&mut self, _: u8) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_racing_guest_gets_max_kick_rounds_plus_two_reads() {
+    let guest = RacingGuest::default();
+    let clock = Clock::default();
+    let mut t = TscDeadlineTimer::new(
+        &guest,
+        Nop,
+        &clock,
+        Nop,
+        LvtTimer::tsc_deadline(0xec),
+        Config::new().with_lazy_advertised(true),
+    );
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
+    let (reads, publishes) = (guest.reads.get(), guest.publishes.get());
+    assert_eq!(reads, 0, "UPDATE and registration do not read pending");
+    // The host timer fires, late.
+    clock.0.set(100);
+    let outcome = t.kick().unwrap();
+    let reads = guest.reads.get() - reads;
+    // One read, one re-read per round, one more after the fallback.
+    assert_eq!(reads, MAX_KICK_ROUNDS + 2);
+    assert_eq!(reads, 6);
+    // One publication per round and the fallback's 0.
+    assert_eq!(guest.publishes.get() - publishes, MAX_KICK_ROUNDS + 1);
+    assert_eq!(t.counters().kick_fallbacks, 1);
+    // It settled on the last value it read, unpublished: the guest's next
+    // write traps (armed is 0).
+    assert_eq!(outcome, KickOutcome::Rearmed(1006));
+    assert_eq!(guest.last_armed.get(), 0);
+    assert!(!t.is_published());
+}

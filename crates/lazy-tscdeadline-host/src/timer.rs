@@ -472,6 +472,11 @@ where
         &self.timer
     }
 
+    /// The guest clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
     /// The first collaborator failure since the last public operation
     /// returned, if any.
     fn backend_result(&mut self) -> Result<(), BackendError> {

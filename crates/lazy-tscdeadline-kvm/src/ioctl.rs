@@ -66,16 +66,7 @@ impl VcpuIoctls {
         // SAFETY: KVM_GET_MSRS reads the header and entries of `msrs`, a
         // well-formed FAM struct we own, and writes the entries' data.
         let n = unsafe { ioctl_with_mut_ref(&self.fd, KVM_GET_MSRS(), msrs.as_mut_fam_struct()) };
-        if n != 1 {
-            return Err(ExitError::Kvm {
-                op: "KVM_GET_MSRS",
-                source: if n < 0 {
-                    KvmError::last()
-                } else {
-                    KvmError::new(libc::EINVAL)
-                },
-            });
-        }
+        one_done("KVM_GET_MSRS", n)?;
         Ok(msrs.as_slice()[0].data)
     }
 
@@ -84,17 +75,24 @@ impl VcpuIoctls {
         let msrs = one_msr(index, value)?;
         // SAFETY: KVM_SET_MSRS only reads `msrs`, a well-formed FAM struct.
         let n = unsafe { ioctl_with_ref(&self.fd, KVM_SET_MSRS(), msrs.as_fam_struct_ref()) };
-        if n != 1 {
-            return Err(ExitError::Kvm {
-                op: "KVM_SET_MSRS",
-                source: if n < 0 {
-                    KvmError::last()
-                } else {
-                    KvmError::new(libc::EINVAL)
-                },
-            });
-        }
-        Ok(())
+        one_done("KVM_SET_MSRS", n)
+    }
+}
+
+/// The result of a `KVM_GET_MSRS`/`KVM_SET_MSRS` of one MSR, which returns
+/// the number of MSRs done (-1 and errno on failure).
+fn one_done(op: &'static str, n: i32) -> Result<(), ExitError> {
+    match n {
+        1 => Ok(()),
+        n if n < 0 => Err(ExitError::Kvm {
+            op,
+            source: KvmError::last(),
+        }),
+        // KVM refused the MSR (its handler failed).
+        _ => Err(ExitError::Kvm {
+            op,
+            source: KvmError::new(libc::EINVAL),
+        }),
     }
 }
 

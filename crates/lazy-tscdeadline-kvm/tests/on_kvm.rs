@@ -131,15 +131,7 @@ impl Rig {
     }
 
     fn wrmsr(&self, index: u32, data: u64) -> (MsrOutcome, u8) {
-        let mut error = 0;
-        let mut exit = WriteMsrExit {
-            error: &mut error,
-            reason: MsrExitReason::Filter,
-            index,
-            data,
-        };
-        let outcome = self.timer.handle_wrmsr(&mut exit).unwrap();
-        (outcome, error)
+        wrmsr_on(&self.timer, index, data)
     }
 
     fn rdmsr(&self, index: u32) -> (MsrOutcome, u64) {
@@ -228,7 +220,9 @@ fn arm_in_kvm_of(vcpu: &VcpuFd, deadline: u64) {
     assert_eq!(vcpu.set_msrs(&msrs).unwrap(), 1);
 }
 
-fn wrmsr_on(timer: &Timer, index: u32, data: u64) -> MsrOutcome {
+/// A guest WRMSR exit on `timer`'s vCPU: its outcome and the exit's
+/// `error` byte (1: #GP).
+fn wrmsr_on(timer: &Timer, index: u32, data: u64) -> (MsrOutcome, u8) {
     let mut error = 0;
     let mut exit = WriteMsrExit {
         error: &mut error,
@@ -236,7 +230,8 @@ fn wrmsr_on(timer: &Timer, index: u32, data: u64) -> MsrOutcome {
         index,
         data,
     };
-    timer.handle_wrmsr(&mut exit).unwrap()
+    let outcome = timer.handle_wrmsr(&mut exit).unwrap();
+    (outcome, error)
 }
 
 fn set_reg(regs: &mut [std::os::raw::c_char; 1024], offset: usize, v: u32) {
@@ -335,7 +330,7 @@ fn every_vcpu_takes_over_at_its_next_exit_and_hands_back_its_armed_deadline() {
     assert_eq!(timer1.with_timer(|t| t.deadline()), d1);
     // vCPU 1 (unregistered, eager) moves its deadline: a routed exit.
     let d2 = d1 + r.ms(500);
-    assert_eq!(wrmsr_on(timer1, TSC_DEADLINE, d2), MsrOutcome::Handled);
+    assert_eq!(wrmsr_on(timer1, TSC_DEADLINE, d2).0, MsrOutcome::Handled);
     // vCPU 0 disables: hand-back starts, vCPU 1 is kicked; the filter stays
     // until vCPU 1 has handed its deadline back.
     let kicks = kicker1.0.load(Ordering::SeqCst);
@@ -475,13 +470,6 @@ fn save_and_restore_into_a_fresh_vm_keeps_the_deadline_paused_until_resumed() {
     assert!(fresh.irr_has_timer_vector());
     // Disabling in the restored VM hands back and un-routes: the registered
     // set came back with the state.
-    let mut error = 0;
-    let mut exit = WriteMsrExit {
-        error: &mut error,
-        reason: MsrExitReason::Filter,
-        index: REGISTRATION,
-        data: 0,
-    };
-    restored.handle_wrmsr(&mut exit).unwrap();
+    assert_eq!(wrmsr_on(&restored, REGISTRATION, 0).0, MsrOutcome::Handled);
     assert!(!fresh.routing.tsc_deadline_routed());
 }

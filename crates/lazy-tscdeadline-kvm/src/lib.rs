@@ -49,6 +49,7 @@
 //! let kicker = Arc::new(SignalKicker::new(signal));
 //! let parts = VcpuTimerParts {
 //!     index: 0,
+//!     apic_id: 0,
 //!     mem: mem.clone(),
 //!     vm: vm.clone(),
 //!     clock: GuestTsc::from_vcpu(&vcpu)?,

@@ -121,8 +121,11 @@ impl<M: SharedMemory, V: Borrow<VmFd>> std::fmt::Debug for VcpuTimer<M, V> {
 /// How a new [`VcpuTimer`] is put together.
 #[derive(Debug)]
 pub struct VcpuTimerParts<M, V> {
-    /// The vCPU index (also its x2APIC ID for the MSI).
+    /// The vCPU index: how the routing tells vCPUs apart.
     pub index: u32,
+    /// The vCPU's x2APIC ID, where the timer interrupt's MSI goes (often
+    /// equal to the index; with a CPU topology it may not be).
+    pub apic_id: u32,
     /// Guest memory, where the registered struct lives.
     pub mem: M,
     /// The VM, for `KVM_SIGNAL_MSI` (the same handle as the routing's).
@@ -155,7 +158,7 @@ where
             parts.mem,
             host_timer,
             parts.clock,
-            MsiInjector::new(parts.vm, parts.index),
+            MsiInjector::new(parts.vm, parts.apic_id),
             LvtTimer::RESET,
             config,
         );
@@ -193,7 +196,7 @@ where
             parts.mem,
             host_timer,
             parts.clock,
-            MsiInjector::new(parts.vm, index),
+            MsiInjector::new(parts.vm, parts.apic_id),
             &timer_state,
         )
         .map_err(|source| RestoreError::Timer {

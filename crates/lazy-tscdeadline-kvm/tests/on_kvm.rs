@@ -438,6 +438,7 @@ fn save_and_restore_into_a_fresh_vm_keeps_the_deadline_paused_until_resumed() {
     fresh.routing.restore(&routing).unwrap();
     let parts = VcpuTimerParts {
         index: 0,
+        apic_id: 0,
         mem: fresh.mem.clone(),
         vm: fresh.vm.clone(),
         clock: fresh.clock,

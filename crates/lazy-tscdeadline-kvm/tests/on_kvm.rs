@@ -104,6 +104,7 @@ impl Rig {
             let kicker = Arc::new(CountingKicker::default());
             let parts = VcpuTimerParts {
                 index,
+                apic_id: index,
                 mem: mem.clone(),
                 vm: vm.clone(),
                 clock,

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
+use crate::error::Error;
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
 use crate::vm::{self, Execution, Mode, Program, Workload};
@@ -96,9 +97,12 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let mut json_out = false;
     let mut it = args;
     while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, String> {
-            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
-            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        let mut num = |name: &str| -> Result<u64, Error> {
+            let v = it
+                .next()
+                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
+            v.parse()
+                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
         };
         let r = match arg.as_str() {
             "--json" => {
@@ -109,7 +113,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
             "--timeout-us" => num("--timeout-us").map(|n| w.timeout_us = n.max(100)),
             "--vcpus" => num("--vcpus").map(|n| w.vcpus = n.clamp(1, 16) as u32),
             "--execution" => Execution::parse(it.next()).map(|e| w.execution = e),
-            other => Err(format!("unknown argument {other}\n{USAGE}")),
+            other => Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),
         };
         if let Err(e) = r {
             eprintln!("{e}");
@@ -120,7 +124,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let mut modes: Vec<Value> = Vec::new();
     let mut violations: Vec<String> = Vec::new();
     let mut table = String::new();
-    for mode in Mode::ALL {
+    for mode in Mode::CLASSIC {
         let run = match vm::run(mode, &w) {
             Ok(r) => r,
             Err(e) => {

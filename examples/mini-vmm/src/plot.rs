@@ -7,7 +7,7 @@
 
 use plotters::prelude::*;
 
-use crate::vm::Mode;
+use crate::mode::Mode;
 
 /// Figure size in pixels.
 const SIZE: (u32, u32) = (1200, 520);
@@ -43,6 +43,8 @@ fn colour(mode: Mode) -> RGBColor {
         Mode::Kernel => RGBColor(0x55, 0x55, 0x55),
         Mode::Eager => RGBColor(0xd6, 0x27, 0x28),
         Mode::Lazy => RGBColor(0x1f, 0x77, 0xb4),
+        Mode::Stock => RGBColor(0x2c, 0xa0, 0x2c),
+        Mode::Optin => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 
@@ -243,7 +245,7 @@ pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<S
     depths.sort_by(f64::total_cmp);
     depths.dedup();
     let mut modes: Vec<Mode> = Vec::new();
-    for m in Mode::ALL {
+    for m in Mode::CLASSIC {
         if panels.iter().any(|p| p.lines.iter().any(|l| l.mode == m)) {
             modes.push(m);
         }

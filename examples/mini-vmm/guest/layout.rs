@@ -171,6 +171,12 @@ pub struct Results {
     pub traps_after_registration: u64,
     /// Deadline writes made after the registration, up to DONE.
     pub writes_after_registration: u64,
+    /// Mid-run registration: `IA32_TSC_DEADLINE` read just before it (the
+    /// deadline armed in KVM's LAPIC timer).
+    pub deadline_before_registration: u64,
+    /// Mid-run registration: `IA32_TSC_DEADLINE` read just after it (from
+    /// the VMM, which took the deadline over).
+    pub deadline_after_registration: u64,
     /// Guest-physical address of the registered struct.
     pub lazy_gpa: u64,
     /// Non-zero after a fault (`FAULT_*`).

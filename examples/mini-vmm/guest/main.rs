@@ -150,7 +150,21 @@ impl Workload<'_> {
     /// on deadlines go through the shared struct. Interrupts are disabled.
     fn register_deferred(&mut self) {
         if let Some((area, gpa)) = self.deferred.take() {
+            // The deadline as KVM's LAPIC has it, then as the VMM has it
+            // once it took it over: the same, unless it fired in between.
+            report!(
+                self.cpu,
+                deadline_before_registration,
+                arch::rdmsr(MSR_IA32_TSC_DEADLINE)
+            );
             register(&mut self.setter, self.cpu, area, gpa);
+            // The registration WRMSR (not a deadline write) traps too.
+            arch::count_traps(1);
+            report!(
+                self.cpu,
+                deadline_after_registration,
+                arch::rdmsr(MSR_IA32_TSC_DEADLINE)
+            );
             let stats = self.setter.stats();
             self.at_registration = Some((stats.writes, stats.traps));
         }

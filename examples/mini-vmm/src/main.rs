@@ -15,9 +15,10 @@
 //! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
 //! (including a missing /dev/kvm or KVM capability).
 
-// Module dependencies (acyclic): `main` -> `sweep`, `hostile`, `masking`
-// -> `report` -> `vm` -> `vcpu`, `expiry` -> `mode`, `error`, `stats`,
-// `tsc`, `layout`; `plot` -> `mode`.
+// Module dependencies (acyclic; each arrow is "uses"):
+//   main -> sweep, hostile, masking -> report -> vm -> expiry -> vcpu
+//   sweep -> plot; vcpu -> stats, tsc; expiry -> tsc
+//   (all) -> error -> mode -> layout
 mod error;
 mod expiry;
 mod hostile;

@@ -7,6 +7,7 @@
 
 use plotters::prelude::*;
 
+use crate::error::Error;
 use crate::mode::Mode;
 
 /// Figure size in pixels.
@@ -57,8 +58,8 @@ fn dashes(i: usize) -> Option<(u32, u32)> {
     }
 }
 
-fn err(e: impl std::fmt::Debug) -> String {
-    format!("drawing the plot: {e:?}")
+fn err(e: impl std::fmt::Debug) -> Error {
+    Error::Output(format!("drawing the plot: {e:?}"))
 }
 
 /// A short axis label: 1, 20, 300, 4k, 50k, 600k, 7M.
@@ -124,7 +125,7 @@ fn draw_panel<DB: DrawingBackend>(
     panel: &Panel,
     depths: &[f64],
     timeouts: &[u64],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let x_lo = depths.first().copied().unwrap_or(1.0);
     let x_hi = depths.last().copied().unwrap_or(1.0).max(x_lo * 2.0);
     let (y_lo, y_hi) = y_range(&panel.lines);
@@ -191,11 +192,11 @@ fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     modes: &[Mode],
     timeouts: &[u64],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let text = ("sans-serif", 15).into_font();
     let y = 24;
     let mut x = 70;
-    let sample = |x: i32, colour: RGBColor, pattern: Option<(u32, u32)>| -> Result<(), String> {
+    let sample = |x: i32, colour: RGBColor, pattern: Option<(u32, u32)>| -> Result<(), Error> {
         let style = colour.stroke_width(2);
         match pattern {
             None => area
@@ -235,7 +236,7 @@ fn draw_legend<DB: DrawingBackend>(
 
 /// Renders `panels` side by side under `caption`, with one legend for all
 /// of them, and returns the SVG document.
-pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<String, String> {
+pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<String, Error> {
     let mut depths: Vec<f64> = panels
         .iter()
         .flat_map(|p| p.lines.iter())

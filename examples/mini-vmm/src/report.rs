@@ -36,6 +36,9 @@ pub struct ModeReport {
     pub necessary_traps_registered: Option<u64>,
     /// Deadline writes the guest made after registering.
     pub deadline_writes_registered: Option<u64>,
+    /// Mid-run registrations where `IA32_TSC_DEADLINE` read the same armed
+    /// deadline just before (from KVM) and just after (from the VMM).
+    pub deadlines_kept: Option<u64>,
     /// Times a vCPU's TSC-deadline timer was taken over from KVM by the
     /// VMM (`lazy-tscdeadline-kvm`'s counters; modes with a routing).
     pub takeovers: Option<u64>,
@@ -166,6 +169,15 @@ impl ModeReport {
             }),
             necessary_traps_registered: registers.then(|| sum(|r| r.traps_after_registration)),
             deadline_writes_registered: registers.then(|| sum(|r| r.writes_after_registration)),
+            deadlines_kept: (spec.registration == Registration::MidRun).then(|| {
+                run.results
+                    .iter()
+                    .filter(|r| {
+                        r.deadline_before_registration != 0
+                            && r.deadline_after_registration == r.deadline_before_registration
+                    })
+                    .count() as u64
+            }),
             takeovers: crate_counter(|c| c.takeovers),
             handbacks: crate_counter(|c| c.handbacks),
             timer_interrupts: sum(|r| r.timer_interrupts),
@@ -288,6 +300,7 @@ impl ModeReport {
             "necessary_traps_after_registration": self.necessary_traps_registered,
             "deadline_writes_after_registration": self.deadline_writes_registered,
             "takeovers": self.takeovers,
+            "deadlines_kept_at_registration": self.deadlines_kept,
             "handbacks": self.handbacks,
             "advertised": self.mode.spec().advertised,
             "routing": self.mode.spec().routing.map(|p| format!("{p:?}")),
@@ -413,6 +426,9 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             _ => "n/a (kernel)".into(),
         },
     );
+    row("  armed deadlines kept [7]", &|r| {
+        opt(r.deadlines_kept, "n/a")
+    });
     row("host timer expiries [5]", &|r| {
         opt(r.timer_expiries, "n/a (kernel)")
     });
@@ -518,6 +534,12 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         "[6] a vCPU's TSC-deadline timer taken over from KVM's LAPIC by the VMM (with Always routing at its first\n    \
          exit; with OptIn routing once a vCPU registered, with the deadline armed in KVM) / handed back.\n",
     );
+    if reports.iter().any(|r| r.deadlines_kept.is_some()) {
+        out.push_str(
+            "[7] optin: vCPUs whose IA32_TSC_DEADLINE read the same armed deadline just before registering (from\n    \
+             KVM) and just after (from the VMM, which took it over); fewer only if it fired in between.\n",
+        );
+    }
     let emulated: Vec<String> = reports
         .iter()
         .filter(|r| r.native() == Some(false))

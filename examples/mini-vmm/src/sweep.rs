@@ -601,8 +601,7 @@ pub fn write_files(dir: &Path, a: &SweepArgs, points: &[Point], wall_s: f64) -> 
         "mini-vmm sweep: {} vCPUs x {} requests per point, three modes per depth and timeout",
         w.vcpus, w.requests
     );
-    let svg = plot::render_svg(&caption, &panels(points, &a.timeouts_us), &a.timeouts_us)
-        .map_err(Error::Output)?;
+    let svg = plot::render_svg(&caption, &panels(points, &a.timeouts_us), &a.timeouts_us)?;
     write("sweep.svg", &svg)
 }
 
@@ -689,6 +688,7 @@ mod tests {
             tsc_deadline_exits_registered: None,
             necessary_traps_registered: None,
             deadline_writes_registered: None,
+            deadlines_kept: None,
             takeovers: None,
             handbacks: None,
             timer_interrupts: 0,

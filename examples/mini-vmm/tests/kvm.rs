@@ -103,7 +103,10 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
     // none: measured, not null), nothing is taken over.
     assert_eq!(field(stock, "tsc_deadline_exits"), 0);
     assert_eq!(field(stock, "takeovers"), 0);
-    assert_eq!(field(stock, "necessary_traps"), field(stock, "deadline_writes"));
+    assert_eq!(
+        field(stock, "necessary_traps"),
+        field(stock, "deadline_writes")
+    );
     assert_eq!(stock["advertised"], true);
 
     // Optin: plain writes in KVM, then every vCPU registers with a deadline
@@ -111,13 +114,20 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
     // registration on, the VMM sees exactly the guest's necessary traps.
     assert_eq!(field(optin, "takeovers"), 2, "one take-over per vCPU");
     assert_eq!(field(optin, "handbacks"), 0);
+    // The deadline armed in KVM at the registration survived the take-over
+    // (read back from the VMM): with a 4 ms timeout it cannot have fired in
+    // the microseconds between the two reads.
+    assert_eq!(field(optin, "deadlines_kept_at_registration"), 2);
     let after = field(optin, "tsc_deadline_exits_after_registration");
     assert_eq!(after, field(optin, "necessary_traps_after_registration"));
     assert!(after > 0);
     // Registered for about two thirds of the writes, lazily.
     let writes_after = field(optin, "deadline_writes_after_registration");
     assert!(writes_after > field(optin, "deadline_writes") / 2);
-    assert!(after < writes_after / 10, "{after} traps for {writes_after} writes");
+    assert!(
+        after < writes_after / 10,
+        "{after} traps for {writes_after} writes"
+    );
     assert!(field(optin, "tsc_deadline_exits") >= after);
 
     // The guest ran natively (a PVM host switches it, hardware

@@ -175,7 +175,8 @@ pub struct Results {
     /// deadline armed in KVM's LAPIC timer).
     pub deadline_before_registration: u64,
     /// Mid-run registration: `IA32_TSC_DEADLINE` read just after it (from
-    /// the VMM, which took the deadline over).
+    /// the VMM, which owns the timer then; 0: the registration CLEARed the
+    /// deadline).
     pub deadline_after_registration: u64,
     /// Guest-physical address of the registered struct.
     pub lazy_gpa: u64,

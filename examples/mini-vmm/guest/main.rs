@@ -150,8 +150,10 @@ impl Workload<'_> {
     /// on deadlines go through the shared struct. Interrupts are disabled.
     fn register_deferred(&mut self) {
         if let Some((area, gpa)) = self.deferred.take() {
-            // The deadline as KVM's LAPIC has it, then as the VMM has it
-            // once it took it over: the same, unless it fired in between.
+            // The deadline armed before registering (by KVM's LAPIC, or by
+            // the VMM if another vCPU's registration routed 0x6e0 first),
+            // then after: 0, as the registration CLEARs it
+            // (docs/PROTOCOL.md §4).
             report!(
                 self.cpu,
                 deadline_before_registration,
@@ -167,6 +169,12 @@ impl Workload<'_> {
             );
             let stats = self.setter.stats();
             self.at_registration = Some((stats.writes, stats.traps));
+            // Re-program the current deadline, as the protocol asks after a
+            // registration (this write traps: `armed` is 0).
+            let current = self.state.current.load(Relaxed);
+            if current != 0 {
+                self.set(current);
+            }
         }
     }
 

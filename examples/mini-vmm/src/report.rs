@@ -36,9 +36,10 @@ pub struct ModeReport {
     pub necessary_traps_registered: Option<u64>,
     /// Deadline writes the guest made after registering.
     pub deadline_writes_registered: Option<u64>,
-    /// Mid-run registrations where `IA32_TSC_DEADLINE` read the same armed
-    /// deadline just before (from KVM) and just after (from the VMM).
-    pub deadlines_kept: Option<u64>,
+    /// Mid-run registrations made with a deadline armed (the guest read
+    /// `IA32_TSC_DEADLINE` just before) / after which `IA32_TSC_DEADLINE`
+    /// still read a deadline (the registration CLEARs it: 0 expected).
+    pub armed_at_registration: Option<(u64, u64)>,
     /// Times a vCPU's TSC-deadline timer was taken over from KVM by the
     /// VMM (`lazy-tscdeadline-kvm`'s counters; modes with a routing).
     pub takeovers: Option<u64>,
@@ -169,14 +170,14 @@ impl ModeReport {
             }),
             necessary_traps_registered: registers.then(|| sum(|r| r.traps_after_registration)),
             deadline_writes_registered: registers.then(|| sum(|r| r.writes_after_registration)),
-            deadlines_kept: (spec.registration == Registration::MidRun).then(|| {
-                run.results
-                    .iter()
-                    .filter(|r| {
-                        r.deadline_before_registration != 0
-                            && r.deadline_after_registration == r.deadline_before_registration
-                    })
-                    .count() as u64
+            armed_at_registration: (spec.registration == Registration::MidRun).then(|| {
+                let count = |f: fn(&crate::layout::Results) -> u64| {
+                    run.results.iter().filter(|r| f(r) != 0).count() as u64
+                };
+                (
+                    count(|r| r.deadline_before_registration),
+                    count(|r| r.deadline_after_registration),
+                )
             }),
             takeovers: crate_counter(|c| c.takeovers),
             handbacks: crate_counter(|c| c.handbacks),
@@ -300,7 +301,8 @@ impl ModeReport {
             "necessary_traps_after_registration": self.necessary_traps_registered,
             "deadline_writes_after_registration": self.deadline_writes_registered,
             "takeovers": self.takeovers,
-            "deadlines_kept_at_registration": self.deadlines_kept,
+            "armed_before_registration": self.armed_at_registration.map(|a| a.0),
+            "armed_after_registration": self.armed_at_registration.map(|a| a.1),
             "handbacks": self.handbacks,
             "advertised": self.mode.spec().advertised,
             "routing": self.mode.spec().routing.map(|p| format!("{p:?}")),
@@ -426,8 +428,9 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             _ => "n/a (kernel)".into(),
         },
     );
-    row("  armed deadlines kept [7]", &|r| {
-        opt(r.deadlines_kept, "n/a")
+    row("  armed at registration [7]", &|r| {
+        r.armed_at_registration
+            .map_or("n/a".into(), |(b, a)| format!("{b} -> {a}"))
     });
     row("host timer expiries [5]", &|r| {
         opt(r.timer_expiries, "n/a (kernel)")
@@ -534,10 +537,10 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         "[6] a vCPU's TSC-deadline timer taken over from KVM's LAPIC by the VMM (with Always routing at its first\n    \
          exit; with OptIn routing once a vCPU registered, with the deadline armed in KVM) / handed back.\n",
     );
-    if reports.iter().any(|r| r.deadlines_kept.is_some()) {
+    if reports.iter().any(|r| r.armed_at_registration.is_some()) {
         out.push_str(
-            "[7] optin: vCPUs whose IA32_TSC_DEADLINE read the same armed deadline just before registering (from\n    \
-             KVM) and just after (from the VMM, which took it over); fewer only if it fired in between.\n",
+            "[7] optin: vCPUs whose IA32_TSC_DEADLINE read a deadline just before registering -> just after (the\n    \
+             registration CLEARs it, docs/PROTOCOL.md §4, so 0; the guest then re-programs it).\n",
         );
     }
     let emulated: Vec<String> = reports

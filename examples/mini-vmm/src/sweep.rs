@@ -688,7 +688,7 @@ mod tests {
             tsc_deadline_exits_registered: None,
             necessary_traps_registered: None,
             deadline_writes_registered: None,
-            deadlines_kept: None,
+            armed_at_registration: None,
             takeovers: None,
             handbacks: None,
             timer_interrupts: 0,

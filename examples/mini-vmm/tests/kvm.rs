@@ -60,9 +60,12 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
             "{}",
             m["mode"]
         );
+        // Optin's guest re-programs its deadline once after registering
+        // (the registration CLEARs it): one more write per vCPU.
+        let extra = if m["mode"] == "optin" { 2 } else { 0 };
         assert_eq!(
             field(m, "deadline_writes"),
-            field(kernel, "deadline_writes"),
+            field(kernel, "deadline_writes") + extra,
             "{}",
             m["mode"]
         );

@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         }
     };
     let modes: Vec<Mode> = if args.compare {
-        Mode::ALL.to_vec()
+        Mode::all().collect()
     } else {
         vec![args.mode]
     };

@@ -1,7 +1,8 @@
 //! The modes, as data: one [`ModeSpec`] per mode in [`MODES`] says what
 //! the VMM sets up (whether the feature is advertised, how
 //! `IA32_TSC_DEADLINE` is routed) and what the guest does. Adding a mode
-//! touches this table (and the guest, if it needs new behaviour).
+//! touches this file, a variant and its entry (and the guest, if it needs
+//! new behaviour); `compare`, `--mode`, the report and the JSON follow.
 
 use std::fmt;
 
@@ -87,6 +88,8 @@ pub struct ModeSpec {
     pub registration: Registration,
     /// The VMM-side 0x6e0 exits the run must show.
     pub exits: ExpectedExits,
+    /// Its colour in the sweep's plot (RGB).
+    pub colour: (u8, u8, u8),
 }
 
 /// Every mode, in table order.
@@ -98,6 +101,7 @@ pub const MODES: [ModeSpec; 5] = [
         routing: None,
         registration: Registration::Never,
         exits: ExpectedExits::NotRouted,
+        colour: (0x55, 0x55, 0x55),
     },
     ModeSpec {
         mode: Mode::Eager,
@@ -106,6 +110,7 @@ pub const MODES: [ModeSpec; 5] = [
         routing: Some(RoutingPolicy::Always),
         registration: Registration::Never,
         exits: ExpectedExits::EveryTrap,
+        colour: (0xd6, 0x27, 0x28),
     },
     // Lazy keeps `Always` routing, so that it is the RFC's model: 0x6e0
     // exits to the VMM from boot, whether or not the guest registered.
@@ -116,6 +121,7 @@ pub const MODES: [ModeSpec; 5] = [
         routing: Some(RoutingPolicy::Always),
         registration: Registration::AtBoot,
         exits: ExpectedExits::EveryTrap,
+        colour: (0x1f, 0x77, 0xb4),
     },
     ModeSpec {
         mode: Mode::Stock,
@@ -124,6 +130,7 @@ pub const MODES: [ModeSpec; 5] = [
         routing: Some(RoutingPolicy::OptIn),
         registration: Registration::Never,
         exits: ExpectedExits::None,
+        colour: (0x2c, 0xa0, 0x2c),
     },
     ModeSpec {
         mode: Mode::Optin,
@@ -132,18 +139,15 @@ pub const MODES: [ModeSpec; 5] = [
         routing: Some(RoutingPolicy::OptIn),
         registration: Registration::MidRun,
         exits: ExpectedExits::TrapsAfterRegistration,
+        colour: (0x94, 0x67, 0xbd),
     },
 ];
 
 impl Mode {
     /// All modes, in table order (`compare`).
-    pub const ALL: [Mode; 5] = [
-        Mode::Kernel,
-        Mode::Eager,
-        Mode::Lazy,
-        Mode::Stock,
-        Mode::Optin,
-    ];
+    pub fn all() -> impl Iterator<Item = Mode> {
+        MODES.iter().map(|s| s.mode)
+    }
 
     /// The three modes of `sweep` and `lvt-mask`.
     pub const CLASSIC: [Mode; 3] = [Mode::Kernel, Mode::Eager, Mode::Lazy];
@@ -179,8 +183,17 @@ mod tests {
 
     #[test]
     fn the_table_has_every_mode_once_in_order() {
-        assert_eq!(MODES.map(|m| m.mode), Mode::ALL);
-        for m in Mode::ALL {
+        assert_eq!(
+            Mode::all().collect::<Vec<_>>(),
+            [
+                Mode::Kernel,
+                Mode::Eager,
+                Mode::Lazy,
+                Mode::Stock,
+                Mode::Optin
+            ]
+        );
+        for m in Mode::all() {
             assert_eq!(Mode::parse(&m.to_string()), Some(m));
             // Registering needs the feature advertised.
             assert!(m.spec().registration == Registration::Never || m.spec().advertised);

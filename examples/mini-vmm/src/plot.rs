@@ -40,13 +40,8 @@ pub struct Panel {
 
 /// The colour of a mode, the same in every panel.
 fn colour(mode: Mode) -> RGBColor {
-    match mode {
-        Mode::Kernel => RGBColor(0x55, 0x55, 0x55),
-        Mode::Eager => RGBColor(0xd6, 0x27, 0x28),
-        Mode::Lazy => RGBColor(0x1f, 0x77, 0xb4),
-        Mode::Stock => RGBColor(0x2c, 0xa0, 0x2c),
-        Mode::Optin => RGBColor(0x94, 0x67, 0xbd),
-    }
+    let (r, g, b) = mode.spec().colour;
+    RGBColor(r, g, b)
 }
 
 /// Dash and gap length in pixels of the `i`th timeout; `None` is solid.

@@ -4,7 +4,7 @@
 //! [`ModeSpec`](crate::mode::ModeSpec) says.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -306,8 +306,7 @@ fn timers_for(
     // Probes the kernel (once per process), enables MSR exits, installs
     // the filter for `policy`.
     let routing = Arc::new(MsrRouting::new(kvm, vm.clone(), policy)?);
-    let signal = vmm_sys_util::signal::SIGRTMIN();
-    SignalKicker::install_handler(signal)?;
+    let signal = kick_signal()?;
     let mut timers = Vec::new();
     for (i, vcpu) in vcpus.iter().enumerate() {
         let kicker = Arc::new(SignalKicker::new(signal));
@@ -323,6 +322,18 @@ fn timers_for(
         timers.push((Arc::new(timer), kicker));
     }
     Ok(timers)
+}
+
+/// The signal that kicks vCPU threads out of `KVM_RUN`, its handler
+/// installed once per process.
+fn kick_signal() -> Result<libc::c_int, Error> {
+    static SIGNAL: OnceLock<libc::c_int> = OnceLock::new();
+    if let Some(s) = SIGNAL.get() {
+        return Ok(*s);
+    }
+    let signal = vmm_sys_util::signal::SIGRTMIN();
+    SignalKicker::install_handler(signal)?;
+    Ok(*SIGNAL.get_or_init(|| signal))
 }
 
 /// Like [`run`], with vCPUs `0..hostile_vcpus` running the hostile program

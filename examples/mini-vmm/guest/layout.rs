@@ -215,6 +215,11 @@ pub struct Results {
     pub mask_a_fired: u64,
     /// Case B, masked and unmasked before an armed deadline: it fired.
     pub mask_b_fired: u64,
+    /// Rounds of case A whose deadline passed before the unmask (a host
+    /// or scheduling delay): not counted in case A's figures.
+    pub mask_void_a: u64,
+    /// Rounds of case B whose deadline passed before the unmask.
+    pub mask_void_b: u64,
     /// Case C, a deadline that expired while masked: timer interrupts taken
     /// from arming it until well after unmasking (the SDM says none).
     pub mask_c_irqs: u64,

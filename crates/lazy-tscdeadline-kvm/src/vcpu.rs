@@ -432,7 +432,17 @@ where
                 inner.counters.takeovers += 1;
                 self.routing.took_over(self.index);
                 self.read_lvt(&mut inner)?;
-                if deadline != 0 {
+                // A registered vCPU is taken over right after its own
+                // registration write, which CLEARs the armed deadline
+                // wherever it is (docs/PROTOCOL.md §4) and leaves
+                // `armed = 0` (§2), as under `Always` routing: only a
+                // deadline already due still fires. (Armed here, it would
+                // be published without the guest's `pending` holding it,
+                // and its expiry would read whatever `pending` holds: a
+                // lost interrupt for 0.)
+                let registered = inner.timer.registration().is_enabled();
+                let due = deadline <= inner.timer.clock().now();
+                if deadline != 0 && (!registered || due) {
                     match inner.timer.write_msr(MSR_IA32_TSC_DEADLINE, deadline) {
                         Ok(()) => {}
                         Err(WriteMsrError::Backend(e)) => return Err(e.into()),

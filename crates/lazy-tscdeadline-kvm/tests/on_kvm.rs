@@ -264,7 +264,9 @@ fn opt_in_routes_0x6e0_only_while_registered_and_hands_deadlines_over() {
     r.arm_in_kvm(deadline);
     assert_eq!(r.kvm_deadline(), deadline);
 
-    // Registration: routed, and KVM's armed deadline is taken over.
+    // Registration: routed, and the timer taken over from KVM; the
+    // registration CLEARs the deadline KVM had armed (docs/PROTOCOL.md §4),
+    // as it would a deadline armed in the VMM, and `armed` stays 0 (§2).
     assert_eq!(
         r.wrmsr(REGISTRATION, STRUCT_GPA | 1),
         (MsrOutcome::Handled, 0)
@@ -272,12 +274,15 @@ fn opt_in_routes_0x6e0_only_while_registered_and_hands_deadlines_over() {
     assert!(r.routing.tsc_deadline_routed());
     assert!(r.timer.vmm_owned());
     assert_eq!(r.kvm_deadline(), 0, "still armed in KVM");
-    assert_eq!(r.timer.with_timer(|t| t.deadline()), deadline);
-    assert_eq!(r.armed(), deadline, "armed not published");
-    assert_eq!(r.rdmsr(TSC_DEADLINE), (MsrOutcome::Handled, deadline));
+    assert_eq!(r.timer.with_timer(|t| t.deadline()), 0);
+    assert_eq!(r.armed(), 0, "armed published after a registration");
+    assert_eq!(r.rdmsr(TSC_DEADLINE), (MsrOutcome::Handled, 0));
     assert_eq!(r.rdmsr(REGISTRATION), (MsrOutcome::Handled, STRUCT_GPA | 1));
     assert_eq!(r.timer.counters().takeovers, 1);
 
+    // The guest's next write traps (armed is 0) and arms it.
+    assert_eq!(r.wrmsr(TSC_DEADLINE, deadline).0, MsrOutcome::Handled);
+    assert_eq!(r.armed(), deadline);
     // A trapped write supersedes it.
     let later = deadline + r.ms(1000);
     assert_eq!(r.wrmsr(TSC_DEADLINE, later).0, MsrOutcome::Handled);
@@ -474,4 +479,50 @@ fn save_and_restore_into_a_fresh_vm_keeps_the_deadline_paused_until_resumed() {
     // set came back with the state.
     assert_eq!(wrmsr_on(&restored, REGISTRATION, 0).0, MsrOutcome::Handled);
     assert!(!fresh.routing.tsc_deadline_routed());
+}
+
+#[test]
+fn a_registration_clears_the_deadline_armed_in_kvm_as_under_always_routing() {
+    let Some(kvm) = kvm_or_skip("the registration-while-armed test") else {
+        return;
+    };
+    for policy in [RoutingPolicy::OptIn, RoutingPolicy::Always] {
+        let r = Rig::new(Kvm::new().unwrap(), policy);
+        r.timer.service().unwrap();
+        let deadline = r.clock.now() + r.ms(20);
+        // Armed where the policy keeps an unregistered vCPU's timer.
+        if policy == RoutingPolicy::OptIn {
+            r.arm_in_kvm(deadline);
+        } else {
+            r.wrmsr(TSC_DEADLINE, deadline);
+        }
+        // `pending` holds what the guest left there (the protocol does
+        // not initialise it): here 0, as after `AtomicSharedFields::reset`.
+        r.mem.write_obj(0u64, GuestAddress(STRUCT_GPA + 8)).unwrap();
+        r.wrmsr(REGISTRATION, STRUCT_GPA | 1);
+        assert!(r.timer.vmm_owned(), "{policy:?}");
+        assert_eq!(r.kvm_deadline(), 0, "{policy:?}");
+        // The same guest-visible state under both policies: CLEARed, and
+        // `armed = 0` so that the guest's next write traps. (Before the
+        // fix, opt-in published the taken-over deadline with `pending` 0:
+        // its expiry read `pending`, cancelled it, and the interrupt was
+        // lost.)
+        assert_eq!(r.timer.with_timer(|t| t.deadline()), 0, "{policy:?}");
+        assert_eq!(r.armed(), 0, "{policy:?}");
+        assert_eq!(r.rdmsr(TSC_DEADLINE).1, 0, "{policy:?}");
+        // The guest re-programs: the trap arms it, and it fires.
+        r.mem
+            .write_obj(deadline, GuestAddress(STRUCT_GPA + 8))
+            .unwrap();
+        r.wrmsr(TSC_DEADLINE, deadline);
+        assert_eq!(r.armed(), deadline, "{policy:?}");
+        r.wait_for_expiry();
+        assert_eq!(
+            r.timer.service().unwrap(),
+            Some(KickOutcome::Injected),
+            "{policy:?}"
+        );
+        assert!(r.irr_has_timer_vector(), "{policy:?}");
+    }
+    drop(kvm);
 }

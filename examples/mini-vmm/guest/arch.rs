@@ -264,8 +264,9 @@ fn this_cpu() -> usize {
 /// which `DeadlineSetter` counts.
 pub static TRAPPING: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-/// Counts `n` trapping instructions of this vCPU.
-fn count_traps(n: u64) {
+/// Counts `n` trapping instructions of this vCPU (also for protocol WRMSRs
+/// that `DeadlineSetter` does not count, such as a registration).
+pub fn count_traps(n: u64) {
     TRAPPING[this_cpu()].fetch_add(n, Relaxed);
 }
 

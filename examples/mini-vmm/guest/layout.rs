@@ -68,12 +68,17 @@ pub const WAKE_VECTOR: u8 = 0xed;
 /// `Params::magic`.
 pub const PARAMS_MAGIC: u64 = 0x6c61_7a79_5453_4344;
 
-/// Timer modes as told to the guest.
-pub const MODE_KERNEL: u64 = 0;
-/// Userspace-emulated TSC deadline, no paravirtual feature.
-pub const MODE_EAGER: u64 = 1;
-/// Userspace-emulated TSC deadline with the lazy protocol.
-pub const MODE_LAZY: u64 = 2;
+/// When the guest registers its lazy struct (`Params::register`): never;
+/// every deadline is a plain `IA32_TSC_DEADLINE` write (kernel, eager and
+/// stock modes).
+pub const REGISTER_NEVER: u64 = 0;
+/// At boot, before READY, after checking the CPUID bit (lazy mode).
+pub const REGISTER_AT_BOOT: u64 = 1;
+/// In the middle of request number `Params::register_after` (counted from
+/// 0), right after that request armed its deadline with a plain write, so
+/// that the host takes over a deadline armed in KVM; the CPUID bit is
+/// checked at boot (optin mode).
+pub const REGISTER_MID_RUN: u64 = 2;
 
 /// Programs the honest vCPUs run (`Params::program`): the request/response
 /// timer workload.
@@ -85,7 +90,7 @@ pub const PROGRAM_LVT_MASK: u64 = 1;
 pub const FAULT_EXCEPTION: u64 = 1;
 /// The guest panicked.
 pub const FAULT_PANIC: u64 = 2;
-/// Lazy mode requested but CPUID does not advertise the feature.
+/// Registration requested but CPUID does not advertise the feature.
 pub const FAULT_NO_LAZY_CPUID: u64 = 3;
 
 /// Workload parameters (all `u64`, so the layout is identical everywhere).
@@ -94,8 +99,11 @@ pub const FAULT_NO_LAZY_CPUID: u64 = 3;
 pub struct Params {
     /// [`PARAMS_MAGIC`].
     pub magic: u64,
-    /// One of the `MODE_*` values.
-    pub mode: u64,
+    /// When to register the lazy struct: one of the `REGISTER_*` values.
+    pub register: u64,
+    /// With [`REGISTER_MID_RUN`]: the request during which to register
+    /// (requests before it use plain writes).
+    pub register_after: u64,
     /// Requests per vCPU.
     pub requests: u64,
     /// Times each request's deadline is pushed later.
@@ -113,7 +121,7 @@ pub struct Params {
     /// Number of vCPUs.
     pub vcpus: u64,
     /// vCPUs `0..hostile_vcpus` run the hostile program instead of the
-    /// workload (lazy mode only).
+    /// workload (registration at boot only).
     pub hostile_vcpus: u64,
     /// Size of guest RAM (one region from 0), for the hostile program's
     /// out-of-RAM registrations.
@@ -158,6 +166,18 @@ pub struct Results {
     pub samples: u64,
     /// 1 if the lazy struct was registered.
     pub lazy_registered: u64,
+    /// Necessary traps (`IA32_TSC_DEADLINE` writes) made after the
+    /// registration, up to DONE (0 without one).
+    pub traps_after_registration: u64,
+    /// Deadline writes made after the registration, up to DONE.
+    pub writes_after_registration: u64,
+    /// Mid-run registration: `IA32_TSC_DEADLINE` read just before it (the
+    /// deadline armed in KVM's LAPIC timer).
+    pub deadline_before_registration: u64,
+    /// Mid-run registration: `IA32_TSC_DEADLINE` read just after it (from
+    /// the VMM, which owns the timer then; 0: the registration CLEARed the
+    /// deadline).
+    pub deadline_after_registration: u64,
     /// Guest-physical address of the registered struct.
     pub lazy_gpa: u64,
     /// Non-zero after a fault (`FAULT_*`).
@@ -195,6 +215,11 @@ pub struct Results {
     pub mask_a_fired: u64,
     /// Case B, masked and unmasked before an armed deadline: it fired.
     pub mask_b_fired: u64,
+    /// Rounds of case A whose deadline passed before the unmask (a host
+    /// or scheduling delay): not counted in case A's figures.
+    pub mask_void_a: u64,
+    /// Rounds of case B whose deadline passed before the unmask.
+    pub mask_void_b: u64,
     /// Case C, a deadline that expired while masked: timer interrupts taken
     /// from arming it until well after unmasking (the SDM says none).
     pub mask_c_irqs: u64,

@@ -4,7 +4,7 @@
 //! Each vCPU enters `_start` in 64-bit mode with its index in RDI and its
 //! stack already set up by the VMM. It installs an IDT, enables the x2APIC
 //! with the LVT timer in TSC-deadline mode, registers the lazy struct when
-//! told to (and advertised), then runs the seeded deadline workload through
+//! told to (and advertised: at boot, or in the middle of the workload), then runs the seeded deadline workload through
 //! `lazy_tscdeadline_guest::DeadlineSetter` and reports into its result page.
 #![no_std]
 #![no_main]
@@ -69,7 +69,7 @@ struct PageAligned<T>(T);
 
 static STATES: PageAligned<[CpuState; MAX_CPUS]> = PageAligned([CPU_STATE_INIT; MAX_CPUS]);
 
-/// The per-vCPU structs registered with the host in lazy mode.
+/// The per-vCPU structs registered with the host (lazy and optin modes).
 static mut LAZY: PageAligned<[LazyTscDeadline; MAX_CPUS]> = PageAligned(
     [LazyTscDeadline {
         armed: 0,
@@ -138,9 +138,46 @@ pub(crate) struct Workload<'a> {
     pub(crate) state: &'a CpuState,
     setter: DeadlineSetter<AtomicSharedFields, X86Msr>,
     write_cycles: u64,
+    /// A registration still to make (`REGISTER_MID_RUN`): the struct and
+    /// its guest-physical address.
+    deferred: Option<(*mut LazyTscDeadline, u64)>,
+    /// The setter's (writes, traps) at the registration.
+    at_registration: Option<(u64, u64)>,
 }
 
 impl Workload<'_> {
+    /// Makes the deferred registration, if one is still to make: from now
+    /// on deadlines go through the shared struct. Interrupts are disabled.
+    fn register_deferred(&mut self) {
+        if let Some((area, gpa)) = self.deferred.take() {
+            // The deadline armed before registering (by KVM's LAPIC, or by
+            // the VMM if another vCPU's registration routed 0x6e0 first),
+            // then after: 0, as the registration CLEARs it
+            // (docs/PROTOCOL.md §4).
+            report!(
+                self.cpu,
+                deadline_before_registration,
+                arch::rdmsr(MSR_IA32_TSC_DEADLINE)
+            );
+            register(&mut self.setter, self.cpu, area, gpa);
+            // The registration WRMSR (not a deadline write) traps too.
+            arch::count_traps(1);
+            report!(
+                self.cpu,
+                deadline_after_registration,
+                arch::rdmsr(MSR_IA32_TSC_DEADLINE)
+            );
+            let stats = self.setter.stats();
+            self.at_registration = Some((stats.writes, stats.traps));
+            // Re-program the current deadline, as the protocol asks after a
+            // registration (this write traps: `armed` is 0).
+            let current = self.state.current.load(Relaxed);
+            if current != 0 {
+                self.set(current);
+            }
+        }
+    }
+
     /// Sets the next deadline through the protocol's setter (interrupts are
     /// disabled), timing the call.
     pub(crate) fn set(&mut self, deadline: u64) {
@@ -195,9 +232,15 @@ fn requests(w: &mut Workload<'_>, p: &Params) -> Counts {
         cancels: 0,
         missed: 0,
     };
-    for _ in 0..p.requests {
+    for request in 0..p.requests {
         state.fired.store(false, Relaxed);
         w.set(rdtsc() + timeout);
+        if request == p.register_after {
+            // Optin mode: the deadline just armed is in KVM's LAPIC timer;
+            // registering now makes the host take it over, and the pushes
+            // below go through the shared struct.
+            w.register_deferred();
+        }
         for _ in 0..p.depth {
             let earlier = rng.next() % 1000 < p.early_per_mille;
             let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
@@ -227,30 +270,49 @@ fn lazy_advertised() -> bool {
         && arch::cpuid(KVM_CPUID_FEATURES)[0] & (1 << KVM_FEATURE_LAZY_TSCDEADLINE) != 0
 }
 
+/// Registers `area` (at guest-physical `gpa`) through `setter` and reports
+/// it.
+fn register(
+    setter: &mut DeadlineSetter<AtomicSharedFields, X86Msr>,
+    cpu: usize,
+    area: *mut LazyTscDeadline,
+    gpa: u64,
+) {
+    // SAFETY: `area` is `LAZY[cpu]`, a static, 64-byte aligned struct used
+    // by this vCPU only, and from now on only through the atomics of
+    // `AtomicSharedFields` (and by the host).
+    let shared = unsafe { AtomicSharedFields::new(area) };
+    shared.reset();
+    if setter.register(shared, gpa).is_err() {
+        panic!("registration rejected");
+    }
+    report!(cpu, lazy_registered, 1);
+    report!(cpu, lazy_gpa, gpa);
+}
+
 fn run(cpu: usize, p: &Params) {
     let state = &STATES.0[cpu];
     let mut setter = DeadlineSetter::new(X86Msr);
     let mut lazy_area = None;
-    if p.mode == MODE_LAZY {
+    let mut deferred = None;
+    if p.register != REGISTER_NEVER {
+        // The CPUID check is made at boot in any case: natively `cpuid`
+        // shows the host's CPUID.
         if !lazy_advertised() {
             report!(cpu, fault_kind, FAULT_NO_LAZY_CPUID);
             arch::outl(PORT_FAULT, cpu as u32);
             arch::halt_forever();
         }
-        // SAFETY: `LAZY[cpu]` is a static, 64-byte aligned struct used by
-        // this vCPU only, and from now on only through the atomics of
-        // `AtomicSharedFields` (and by the host).
+        // SAFETY: `LAZY[cpu]` is a static used by this vCPU only; only its
+        // address is taken here.
         let area = unsafe { addr_of_mut!(LAZY.0[cpu]) };
-        // SAFETY: as above.
-        let shared = unsafe { AtomicSharedFields::new(area) };
-        shared.reset();
         let gpa = area as u64; // identity mapped
-        if setter.register(shared, gpa).is_err() {
-            panic!("registration rejected");
+        if p.register == REGISTER_AT_BOOT {
+            register(&mut setter, cpu, area, gpa);
+            lazy_area = Some((area, gpa));
+        } else {
+            deferred = Some((area, gpa));
         }
-        report!(cpu, lazy_registered, 1);
-        report!(cpu, lazy_gpa, gpa);
-        lazy_area = Some((area, gpa));
     }
     // Every CPUID check and the registration are done: only now may the
     // guest leave the emulator (natively, `cpuid` shows the host's CPUID).
@@ -284,6 +346,8 @@ fn run(cpu: usize, p: &Params) {
         state,
         setter,
         write_cycles: 0,
+        deferred,
+        at_registration: None,
     };
     let Counts {
         waits,
@@ -294,7 +358,16 @@ fn run(cpu: usize, p: &Params) {
     } else {
         requests(&mut w, p)
     };
+    // A mid-run registration the workload was too short to reach.
+    w.register_deferred();
     let stats = w.setter.stats();
+    if let Some((writes, traps)) = w.at_registration {
+        report!(cpu, writes_after_registration, stats.writes - writes);
+        report!(cpu, traps_after_registration, stats.traps - traps);
+    } else if lazy_area.is_some() {
+        report!(cpu, writes_after_registration, stats.writes);
+        report!(cpu, traps_after_registration, stats.traps);
+    }
     report!(cpu, deadline_writes, stats.writes);
     report!(cpu, necessary_traps, stats.traps);
     report!(cpu, waits, waits);

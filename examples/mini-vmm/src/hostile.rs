@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use lazy_tscdeadline_host::Counters;
 use serde_json::json;
 
+use crate::error::Error;
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
 use crate::vm::{self, Execution, Mode, ModeRun, Program, Workload};
@@ -137,9 +138,12 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let mut json_out = false;
     let mut it = args;
     while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, String> {
-            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
-            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        let mut num = |name: &str| -> Result<u64, Error> {
+            let v = it
+                .next()
+                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
+            v.parse()
+                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
         };
         let r = match arg.as_str() {
             "--json" => {
@@ -150,10 +154,10 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
             "--seed" => num("--seed").map(|n| w.seed = n),
             "--vcpus" => num("--vcpus").map(|n| w.vcpus = n.clamp(2, 16) as u32),
             "--execution" => Execution::parse(it.next()).map(|e| w.execution = e),
-            other => Err(format!(
+            other => Err(Error::Usage(format!(
                 "unknown argument {other}\nusage: mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] \
                  [--execution native|emulated|auto]"
-            )),
+            ))),
         };
         if let Err(e) = r {
             eprintln!("{e}");

@@ -3,7 +3,7 @@
 //! LAPIC timer.
 //!
 //! ```text
-//! mini-vmm [run] [--mode kernel|eager|lazy] [options]
+//! mini-vmm [run] [--mode kernel|eager|lazy|stock|optin] [options]
 //! mini-vmm compare [options]
 //! mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
 //! mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json]
@@ -15,21 +15,29 @@
 //! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
 //! (including a missing /dev/kvm or KVM capability).
 
+// Module dependencies (acyclic; each arrow is "uses"):
+//   main -> sweep, hostile, masking -> report -> vm -> expiry -> vcpu
+//   sweep -> plot; vcpu -> stats, tsc; expiry -> tsc
+//   (all) -> error -> mode -> layout
+mod error;
+mod expiry;
 mod hostile;
 #[path = "../guest/layout.rs"]
 #[allow(dead_code)]
 mod layout;
 mod masking;
+mod mode;
 mod plot;
 mod report;
 mod stats;
 mod sweep;
-mod timer;
+mod tsc;
 mod vcpu;
 mod vm;
 
 use std::process::ExitCode;
 
+use error::Error;
 use report::ModeReport;
 use vm::{Execution, Mode, Program, Workload};
 
@@ -41,7 +49,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy] [--requests N] [--depth N] \
+    "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy|stock|optin] [--requests N] [--depth N] \
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
        [--execution native|emulated|auto]
        mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
@@ -49,7 +57,7 @@ const USAGE: &str =
        mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
        [--execution ..]";
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Args, Error> {
     let mut a = Args {
         compare: false,
         mode: Mode::Lazy,
@@ -68,30 +76,37 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, String> {
-            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
-            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        let mut num = |name: &str| -> Result<u64, Error> {
+            let v = it
+                .next()
+                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
+            v.parse()
+                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
         };
         match arg.as_str() {
             "compare" => a.compare = true,
             "run" => a.compare = false,
             "--json" => a.json = true,
             "--mode" => {
-                let v = it.next().ok_or("--mode needs a value")?;
-                a.mode = Mode::parse(&v).ok_or_else(|| format!("unknown mode {v}"))?;
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::Usage("--mode needs a value".into()))?;
+                a.mode =
+                    Mode::parse(&v).ok_or_else(|| Error::Usage(format!("unknown mode {v}")))?;
             }
             "--requests" => a.workload.requests = num("--requests")?,
             "--depth" => a.workload.depth = num("--depth")?,
             "--timeout-us" => a.workload.timeout_us = num("--timeout-us")?.max(1),
             "--seed" => a.workload.seed = num("--seed")?,
             "--vcpus" => {
-                a.workload.vcpus = u32::try_from(num("--vcpus")?).map_err(|e| e.to_string())?
+                a.workload.vcpus = u32::try_from(num("--vcpus")?)
+                    .map_err(|e| Error::Usage(format!("--vcpus: {e}")))?
             }
             "--early-per-mille" => a.workload.early_per_mille = num("--early-per-mille")?,
             "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?.max(1),
             "--execution" => a.workload.execution = Execution::parse(it.next())?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
+            other => return Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),
         }
     }
     Ok(a)
@@ -115,7 +130,7 @@ fn main() -> ExitCode {
         }
     };
     let modes: Vec<Mode> = if args.compare {
-        Mode::ALL.to_vec()
+        Mode::all().collect()
     } else {
         vec![args.mode]
     };

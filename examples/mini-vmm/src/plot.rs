@@ -7,7 +7,8 @@
 
 use plotters::prelude::*;
 
-use crate::vm::Mode;
+use crate::error::Error;
+use crate::mode::Mode;
 
 /// Figure size in pixels.
 const SIZE: (u32, u32) = (1200, 520);
@@ -39,11 +40,8 @@ pub struct Panel {
 
 /// The colour of a mode, the same in every panel.
 fn colour(mode: Mode) -> RGBColor {
-    match mode {
-        Mode::Kernel => RGBColor(0x55, 0x55, 0x55),
-        Mode::Eager => RGBColor(0xd6, 0x27, 0x28),
-        Mode::Lazy => RGBColor(0x1f, 0x77, 0xb4),
-    }
+    let (r, g, b) = mode.spec().colour;
+    RGBColor(r, g, b)
 }
 
 /// Dash and gap length in pixels of the `i`th timeout; `None` is solid.
@@ -55,8 +53,8 @@ fn dashes(i: usize) -> Option<(u32, u32)> {
     }
 }
 
-fn err(e: impl std::fmt::Debug) -> String {
-    format!("drawing the plot: {e:?}")
+fn err(e: impl std::fmt::Debug) -> Error {
+    Error::Output(format!("drawing the plot: {e:?}"))
 }
 
 /// A short axis label: 1, 20, 300, 4k, 50k, 600k, 7M.
@@ -122,7 +120,7 @@ fn draw_panel<DB: DrawingBackend>(
     panel: &Panel,
     depths: &[f64],
     timeouts: &[u64],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let x_lo = depths.first().copied().unwrap_or(1.0);
     let x_hi = depths.last().copied().unwrap_or(1.0).max(x_lo * 2.0);
     let (y_lo, y_hi) = y_range(&panel.lines);
@@ -189,11 +187,11 @@ fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     modes: &[Mode],
     timeouts: &[u64],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let text = ("sans-serif", 15).into_font();
     let y = 24;
     let mut x = 70;
-    let sample = |x: i32, colour: RGBColor, pattern: Option<(u32, u32)>| -> Result<(), String> {
+    let sample = |x: i32, colour: RGBColor, pattern: Option<(u32, u32)>| -> Result<(), Error> {
         let style = colour.stroke_width(2);
         match pattern {
             None => area
@@ -233,7 +231,7 @@ fn draw_legend<DB: DrawingBackend>(
 
 /// Renders `panels` side by side under `caption`, with one legend for all
 /// of them, and returns the SVG document.
-pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<String, String> {
+pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<String, Error> {
     let mut depths: Vec<f64> = panels
         .iter()
         .flat_map(|p| p.lines.iter())
@@ -243,7 +241,7 @@ pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<S
     depths.sort_by(f64::total_cmp);
     depths.dedup();
     let mut modes: Vec<Mode> = Vec::new();
-    for m in Mode::ALL {
+    for m in Mode::CLASSIC {
         if panels.iter().any(|p| p.lines.iter().any(|l| l.mode == m)) {
             modes.push(m);
         }

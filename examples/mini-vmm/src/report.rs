@@ -5,7 +5,13 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
-use crate::vm::{Mode, ModeRun};
+use crate::mode::{ExpectedExits, Mode, Registration};
+use crate::vm::ModeRun;
+
+/// The most guest cycles per deadline write stock mode may cost per cycle
+/// of kernel mode's (in the same run): a guest that never registers must
+/// not pay for the feature.
+pub const STOCK_KERNEL_BOUND: f64 = 1.3;
 
 /// The figures of one mode. `None` means "not measurable in this mode",
 /// never zero.
@@ -19,8 +25,26 @@ pub struct ModeReport {
     pub userspace_exits: u64,
     /// MSR-write exits (to userspace; KVM keeps no per-MSR statistic).
     pub msr_write_exits: Option<u64>,
-    /// IA32_TSC_DEADLINE write exits seen by the VMM.
+    /// IA32_TSC_DEADLINE write exits seen by the VMM (counted by its exit
+    /// handler; `None` without a routing).
     pub tsc_deadline_exits: Option<u64>,
+    /// Of those, the ones of vCPUs whose struct was registered (modes whose
+    /// guest registers).
+    pub tsc_deadline_exits_registered: Option<u64>,
+    /// Necessary traps the guest made after registering (modes whose guest
+    /// registers).
+    pub necessary_traps_registered: Option<u64>,
+    /// Deadline writes the guest made after registering.
+    pub deadline_writes_registered: Option<u64>,
+    /// Mid-run registrations made with a deadline armed (the guest read
+    /// `IA32_TSC_DEADLINE` just before) / after which `IA32_TSC_DEADLINE`
+    /// still read a deadline (the registration CLEARs it: 0 expected).
+    pub armed_at_registration: Option<(u64, u64)>,
+    /// Times a vCPU's TSC-deadline timer was taken over from KVM by the
+    /// VMM (`lazy-tscdeadline-kvm`'s counters; modes with a routing).
+    pub takeovers: Option<u64>,
+    /// Times it was handed back to KVM.
+    pub handbacks: Option<u64>,
     /// Timer interrupts that completed a wait.
     pub timer_interrupts: u64,
     /// Interrupts for deadlines replaced after they passed (benign race).
@@ -90,7 +114,18 @@ impl ModeReport {
     /// Summarises one run.
     pub fn from_run(run: &ModeRun) -> Self {
         let sum = |f: fn(&crate::layout::Results) -> u64| run.results.iter().map(f).sum::<u64>();
-        let userspace = matches!(run.mode, Mode::Eager | Mode::Lazy);
+        let spec = run.mode.spec();
+        let userspace = run.mode.routed();
+        let registers = spec.registration != Registration::Never;
+        let crate_counter = |f: fn(&lazy_tscdeadline_kvm::VcpuCounters) -> u64| {
+            userspace.then(|| {
+                run.vcpus
+                    .iter()
+                    .filter_map(|v| v.timer_counters.as_ref())
+                    .map(f)
+                    .sum()
+            })
+        };
         let kvm_stat = |name: &str| {
             run.vcpus
                 .iter()
@@ -127,6 +162,25 @@ impl ModeReport {
             msr_write_exits: userspace.then(|| run.vcpus.iter().map(|v| v.exits.msr_writes).sum()),
             tsc_deadline_exits: userspace
                 .then(|| run.vcpus.iter().map(|v| v.exits.tsc_deadline_writes).sum()),
+            tsc_deadline_exits_registered: (userspace && registers).then(|| {
+                run.vcpus
+                    .iter()
+                    .map(|v| v.exits.tsc_deadline_writes_registered)
+                    .sum()
+            }),
+            necessary_traps_registered: registers.then(|| sum(|r| r.traps_after_registration)),
+            deadline_writes_registered: registers.then(|| sum(|r| r.writes_after_registration)),
+            armed_at_registration: (spec.registration == Registration::MidRun).then(|| {
+                let count = |f: fn(&crate::layout::Results) -> u64| {
+                    run.results.iter().filter(|r| f(r) != 0).count() as u64
+                };
+                (
+                    count(|r| r.deadline_before_registration),
+                    count(|r| r.deadline_after_registration),
+                )
+            }),
+            takeovers: crate_counter(|c| c.takeovers),
+            handbacks: crate_counter(|c| c.handbacks),
             timer_interrupts: sum(|r| r.timer_interrupts),
             stale_interrupts: sum(|r| r.stale_interrupts),
             deadline_writes: writes,
@@ -199,12 +253,38 @@ impl ModeReport {
                 self.mode, self.waits, self.timer_interrupts, self.missed
             ));
         }
-        if let Some(exits) = self.tsc_deadline_exits {
-            if exits != self.necessary_traps {
-                v.push(format!(
-                    "{}: {exits} IA32_TSC_DEADLINE exits but the guest made {} necessary traps",
-                    self.mode, self.necessary_traps
-                ));
+        let exits = self.tsc_deadline_exits.unwrap_or(0);
+        match self.mode.spec().exits {
+            ExpectedExits::NotRouted => {}
+            ExpectedExits::EveryTrap => {
+                if exits != self.necessary_traps {
+                    v.push(format!(
+                        "{}: {exits} IA32_TSC_DEADLINE exits but the guest made {} necessary traps",
+                        self.mode, self.necessary_traps
+                    ));
+                }
+            }
+            ExpectedExits::None => {
+                if exits != 0 {
+                    v.push(format!(
+                        "{}: {exits} IA32_TSC_DEADLINE exits reached the VMM although the guest \
+                         never registered",
+                        self.mode
+                    ));
+                }
+            }
+            ExpectedExits::TrapsAfterRegistration => {
+                let (after, traps) = (
+                    self.tsc_deadline_exits_registered.unwrap_or(0),
+                    self.necessary_traps_registered.unwrap_or(0),
+                );
+                if after != traps {
+                    v.push(format!(
+                        "{}: {after} IA32_TSC_DEADLINE exits after registration but the guest made \
+                         {traps} necessary traps after registering",
+                        self.mode
+                    ));
+                }
             }
         }
         v
@@ -217,6 +297,15 @@ impl ModeReport {
         json!({
             "mode": self.mode.to_string(),
             "tsc_deadline_exits": self.tsc_deadline_exits,
+            "tsc_deadline_exits_after_registration": self.tsc_deadline_exits_registered,
+            "necessary_traps_after_registration": self.necessary_traps_registered,
+            "deadline_writes_after_registration": self.deadline_writes_registered,
+            "takeovers": self.takeovers,
+            "armed_before_registration": self.armed_at_registration.map(|a| a.0),
+            "armed_after_registration": self.armed_at_registration.map(|a| a.1),
+            "handbacks": self.handbacks,
+            "advertised": self.mode.spec().advertised,
+            "routing": self.mode.spec().routing.map(|p| format!("{p:?}")),
             "msr_write_exits": self.msr_write_exits,
             "total_exits": self.total_exits,
             "userspace_exits": self.userspace_exits,
@@ -249,10 +338,22 @@ impl ModeReport {
     }
 }
 
-/// `{"modes": [...]}`.
+/// Stock mode's guest cycles per deadline write over kernel mode's, if
+/// both ran.
+pub fn stock_kernel_ratio(reports: &[ModeReport]) -> Option<f64> {
+    let find = |m: Mode| reports.iter().find(|r| r.mode == m);
+    let (stock, kernel) = (find(Mode::Stock)?, find(Mode::Kernel)?);
+    (kernel.cycles_per_write > 0.0).then(|| stock.cycles_per_write / kernel.cycles_per_write)
+}
+
+/// `{"modes": [...]}`, plus `stock_kernel_cycles_ratio` when both ran.
 pub fn to_json(reports: &[ModeReport]) -> String {
     let modes: Vec<Value> = reports.iter().map(ModeReport::json).collect();
-    serde_json::to_string_pretty(&json!({ "modes": modes })).unwrap()
+    let mut out = json!({ "modes": modes });
+    if let Some(r) = stock_kernel_ratio(reports) {
+        out["stock_kernel_cycles_ratio"] = json!(r);
+    }
+    serde_json::to_string_pretty(&out).unwrap()
 }
 
 fn opt(v: Option<u64>, why: &str) -> String {
@@ -282,6 +383,9 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     row("TSC-deadline MSR-write exits", &|r| {
         opt(r.tsc_deadline_exits, "n/a[2]")
     });
+    row("  after registration", &|r| {
+        opt(r.tsc_deadline_exits_registered, "n/a")
+    });
     row("timer interrupts (waits done)", &|r| {
         r.timer_interrupts.to_string()
     });
@@ -290,6 +394,9 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     });
     row("deadline writes", &|r| r.deadline_writes.to_string());
     row("necessary traps", &|r| r.necessary_traps.to_string());
+    row("  after registration", &|r| {
+        opt(r.necessary_traps_registered, "n/a")
+    });
     row("waits / cancels", &|r| format!("{}/{}", r.waits, r.cancels));
     row("missed/early/spurious", &|r| {
         format!("{}/{}/{}", r.missed, r.early, r.spurious)
@@ -314,6 +421,17 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             _ => "n/a (kernel)".into(),
         },
     );
+    row(
+        "take-overs / hand-backs [6]",
+        &|r| match (r.takeovers, r.handbacks) {
+            (Some(a), Some(b)) => format!("{a}/{b}"),
+            _ => "n/a (kernel)".into(),
+        },
+    );
+    row("  armed at registration [7]", &|r| {
+        r.armed_at_registration
+            .map_or("n/a".into(), |(b, a)| format!("{b} -> {a}"))
+    });
     row("host timer expiries [5]", &|r| {
         opt(r.timer_expiries, "n/a (kernel)")
     });
@@ -370,6 +488,12 @@ pub fn to_table(reports: &[ModeReport]) -> String {
             ));
         }
     }
+    if let Some(ratio) = stock_kernel_ratio(reports) {
+        out.push_str(&format!(
+            "stock/kernel: cycles per write {ratio:.4} ({} the {STOCK_KERNEL_BOUND} bound; kernel mode's own cost varies run to run)\n",
+            if ratio <= STOCK_KERNEL_BOUND { "within" } else { "ABOVE" }
+        ));
+    }
     out.push('\n');
     if reports.iter().any(|r| r.total_exits.is_none()) {
         out.push_str("[1] KVM_GET_STATS_FD unavailable.\n");
@@ -405,10 +529,20 @@ pub fn to_table(reports: &[ModeReport]) -> String {
          the guest counted (wrmsr, rdmsr, hlt, sti, cli, out); emulated guests execute every instruction in KVM.\n"
     ));
     out.push_str(
-        "[5] eager/lazy: each expiry of the host timer is handed to the vCPU thread (a signal out of KVM_RUN),\n    \
-         which reads the LVT from the in-kernel LAPIC and calls kick(): no interrupt while the LVT is masked\n    \
-         or out of TSC-deadline mode, even when the guest changed it without an exit.\n",
+        "[5] modes routed to the VMM: each expiry of the host timer is handed to the vCPU thread (a signal out\n    \
+         of KVM_RUN), which reads the LVT from the in-kernel LAPIC and calls kick(): no interrupt while the LVT\n    \
+         is masked or out of TSC-deadline mode, even when the guest changed it without an exit.\n",
     );
+    out.push_str(
+        "[6] a vCPU's TSC-deadline timer taken over from KVM's LAPIC by the VMM (with Always routing at its first\n    \
+         exit; with OptIn routing once a vCPU registered, with the deadline armed in KVM) / handed back.\n",
+    );
+    if reports.iter().any(|r| r.armed_at_registration.is_some()) {
+        out.push_str(
+            "[7] optin: vCPUs whose IA32_TSC_DEADLINE read a deadline just before registering -> just after (the\n    \
+             registration CLEARs it, docs/PROTOCOL.md §4, so 0; the guest then re-programs it).\n",
+        );
+    }
     let emulated: Vec<String> = reports
         .iter()
         .filter(|r| r.native() == Some(false))

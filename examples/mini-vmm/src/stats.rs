@@ -9,6 +9,8 @@ use std::os::unix::fs::FileExt;
 use kvm_bindings::{KVM_STATS_TYPE_CUMULATIVE, KVM_STATS_TYPE_MASK};
 use kvm_ioctls::VcpuFd;
 
+use crate::error::Error;
+
 /// `KVM_GET_STATS_FD` = `_IO(KVMIO, 0xce)`.
 const KVM_GET_STATS_FD: libc::c_ulong = 0xae << 8 | 0xce;
 
@@ -33,14 +35,13 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 impl VcpuStats {
     /// Opens the stats of `vcpu` and reads their descriptors.
-    pub fn open(vcpu: &VcpuFd) -> Result<Self, String> {
+    pub fn open(vcpu: &VcpuFd) -> Result<Self, Error> {
         // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file
         // descriptor (or -1); the vCPU fd is valid for the call.
         let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD) };
         if fd < 0 {
-            return Err(format!(
-                "KVM_GET_STATS_FD: {}",
-                std::io::Error::last_os_error()
+            return Err(Error::io("KVM_GET_STATS_FD")(
+                std::io::Error::last_os_error(),
             ));
         }
         // SAFETY: `fd` was just returned by the kernel and is owned by no
@@ -48,7 +49,7 @@ impl VcpuStats {
         let file = unsafe { File::from_raw_fd(fd) };
         let mut header = [0u8; 24];
         file.read_exact_at(&mut header, 0)
-            .map_err(|e| format!("reading KVM stats header: {e}"))?;
+            .map_err(Error::io("reading KVM stats header"))?;
         let name_size = u32_at(&header, 4) as usize;
         let num_desc = u32_at(&header, 8) as usize;
         let desc_offset = u64::from(u32_at(&header, 16));
@@ -56,7 +57,7 @@ impl VcpuStats {
         let desc_size = 16 + name_size;
         let mut raw = vec![0u8; desc_size * num_desc];
         file.read_exact_at(&mut raw, desc_offset)
-            .map_err(|e| format!("reading KVM stats descriptors: {e}"))?;
+            .map_err(Error::io("reading KVM stats descriptors"))?;
         let descs = raw
             .chunks_exact(desc_size)
             .filter_map(|d| {
@@ -80,13 +81,13 @@ impl VcpuStats {
     }
 
     /// Current values of all single-valued cumulative statistics.
-    pub fn read(&self) -> Result<BTreeMap<String, u64>, String> {
+    pub fn read(&self) -> Result<BTreeMap<String, u64>, Error> {
         let mut out = BTreeMap::new();
         for d in &self.descs {
             let mut v = [0u8; 8];
             self.file
                 .read_exact_at(&mut v, self.data_offset + d.offset)
-                .map_err(|e| format!("reading KVM stat {}: {e}", d.name))?;
+                .map_err(Error::io(format!("reading KVM stat {}", d.name)))?;
             out.insert(d.name.clone(), u64::from_le_bytes(v));
         }
         Ok(out)

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::error::Error;
 use crate::plot::{self, Line, Panel};
 use crate::report::{self, ModeReport};
 use crate::vm::{self, Execution, Mode, Program, Workload};
@@ -89,7 +90,7 @@ pub struct Point {
     pub depth: u64,
     /// Request timeout in microseconds.
     pub timeout_us: u64,
-    /// One report per mode, in [`Mode::ALL`] order.
+    /// One report per mode, in [`Mode::CLASSIC`] order.
     pub reports: Vec<ModeReport>,
 }
 
@@ -224,27 +225,27 @@ fn quotient(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 
-fn parse_list(name: &str, v: &str) -> Result<Vec<u64>, String> {
+fn parse_list(name: &str, v: &str) -> Result<Vec<u64>, Error> {
     let mut list = v
         .split(',')
         .map(|s| {
             let n: u64 = s
                 .trim()
                 .parse()
-                .map_err(|_| format!("{name}: not a number: {s}"))?;
+                .map_err(|_| Error::Usage(format!("{name}: not a number: {s}")))?;
             if n == 0 {
-                return Err(format!("{name}: values must be at least 1"));
+                return Err(Error::Usage(format!("{name}: values must be at least 1")));
             }
             Ok(n)
         })
-        .collect::<Result<Vec<u64>, String>>()?;
+        .collect::<Result<Vec<u64>, Error>>()?;
     list.sort_unstable();
     list.dedup();
     Ok(list)
 }
 
 /// Parses the arguments that follow `sweep`.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, String> {
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, Error> {
     let mut a = SweepArgs {
         out: PathBuf::from("target/sweep"),
         depths: DEFAULT_DEPTHS.to_vec(),
@@ -264,16 +265,20 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        let num = |name: &str, v: String| -> Result<u64, String> {
-            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))
+        };
+        let num = |name: &str, v: String| -> Result<u64, Error> {
+            v.parse()
+                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
         };
         match arg.as_str() {
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--requests" => a.base.requests = num("--requests", value("--requests")?)?,
             "--vcpus" => {
                 a.base.vcpus = u32::try_from(num("--vcpus", value("--vcpus")?)?)
-                    .map_err(|e| format!("--vcpus: {e}"))?
+                    .map_err(|e| Error::Usage(format!("--vcpus: {e}")))?
             }
             "--seed" => a.base.seed = num("--seed", value("--seed")?)?,
             "--depths" => a.depths = parse_list("--depths", &value("--depths")?)?,
@@ -281,8 +286,12 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
                 a.timeouts_us = parse_list("--timeouts-us", &value("--timeouts-us")?)?
             }
             "--execution" => a.base.execution = Execution::parse(it.next())?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown sweep argument {other}\n{USAGE}")),
+            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
+            other => {
+                return Err(Error::Usage(format!(
+                    "unknown sweep argument {other}\n{USAGE}"
+                )))
+            }
         }
     }
     Ok(a)
@@ -290,8 +299,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, S
 
 /// Runs every mode at every point, in order (timeout, then depth, then
 /// mode), reporting progress on stderr.
-pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, String> {
-    let total = a.depths.len() * a.timeouts_us.len() * Mode::ALL.len();
+pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, Error> {
+    let total = a.depths.len() * a.timeouts_us.len() * Mode::CLASSIC.len();
     let mut done = 0;
     let mut points = Vec::new();
     for &timeout_us in &a.timeouts_us {
@@ -302,9 +311,12 @@ pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, String> {
                 ..a.base
             };
             let mut reports = Vec::new();
-            for mode in Mode::ALL {
-                let run = vm::run(mode, &w)
-                    .map_err(|e| format!("depth {depth}, timeout {timeout_us} us: {e}"))?;
+            for mode in Mode::CLASSIC {
+                let run = vm::run(mode, &w).map_err(|e| Error::AtPoint {
+                    depth,
+                    timeout_us,
+                    source: Box::new(e),
+                })?;
                 let r = ModeReport::from_run(&run);
                 done += 1;
                 eprintln!(
@@ -361,9 +373,9 @@ pub fn to_json(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
     serde_json::to_string_pretty(&doc).expect("JSON values always serialise")
 }
 
-/// `k / e / l` cells: `f` of each mode in [`Mode::ALL`] order.
+/// `k / e / l` cells: `f` of each mode in [`Mode::CLASSIC`] order.
 fn per_mode(p: &Point, f: impl Fn(&ModeReport) -> String) -> String {
-    Mode::ALL
+    Mode::CLASSIC
         .iter()
         .map(|&m| p.mode(m).map_or_else(|| "-".to_string(), &f))
         .collect::<Vec<_>>()
@@ -488,7 +500,7 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
         w.cancel_one_in,
         a.depths,
         a.timeouts_us,
-        points.len() * Mode::ALL.len(),
+        points.len() * Mode::CLASSIC.len(),
         sweep_wall_s
     );
     s.push_str(&to_table(points));
@@ -554,7 +566,7 @@ fn panels(points: &[Point], timeouts: &[u64]) -> Vec<Panel> {
     let mut exits = Vec::new();
     let mut cycles = Vec::new();
     for &t in timeouts {
-        for mode in Mode::ALL {
+        for mode in Mode::CLASSIC {
             if mode != Mode::Kernel {
                 exits.push(line(mode, t, &|r| r.tsc_deadline_exits.map(|v| v as f64)));
             }
@@ -576,11 +588,11 @@ fn panels(points: &[Point], timeouts: &[u64]) -> Vec<Panel> {
 }
 
 /// Writes `sweep.json`, `sweep.md` and `sweep.svg` into `dir`.
-pub fn write_files(dir: &Path, a: &SweepArgs, points: &[Point], wall_s: f64) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn write_files(dir: &Path, a: &SweepArgs, points: &[Point], wall_s: f64) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+        std::fs::write(&path, text).map_err(Error::io(format!("writing {}", path.display())))
     };
     write("sweep.json", &to_json(a, points, wall_s))?;
     write("sweep.md", &to_markdown(a, points, wall_s))?;
@@ -673,6 +685,12 @@ mod tests {
             userspace_exits: 0,
             msr_write_exits: None,
             tsc_deadline_exits: None,
+            tsc_deadline_exits_registered: None,
+            necessary_traps_registered: None,
+            deadline_writes_registered: None,
+            armed_at_registration: None,
+            takeovers: None,
+            handbacks: None,
             timer_interrupts: 0,
             stale_interrupts: 0,
             deadline_writes: 0,

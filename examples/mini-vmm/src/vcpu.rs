@@ -1,5 +1,6 @@
-//! vCPU set-up (64-bit mode straight from the VMM) and the vCPU thread's
-//! run loop with the MSR exits of eager and lazy modes.
+//! vCPU set-up (64-bit mode straight from the VMM) and the vCPU thread:
+//! its run loop and the one exit handler. Everything about the timer MSRs
+//! is `lazy-tscdeadline-kvm`'s `VcpuTimer`; this module only counts.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -9,14 +10,19 @@ use kvm_bindings::{
     kvm_device_attr, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_segment, CpuId, Msrs,
     KVM_MP_STATE_RUNNABLE, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
-use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
+use lazy_tscdeadline_kvm::{MsrOutcome, RoutingPolicy, SignalKicker, VcpuCounters, VcpuTimer};
+use vm_memory::GuestMemoryMmap;
 
+use crate::error::Error;
 use crate::layout::*;
+use crate::mode::Mode;
 use crate::stats::VcpuStats;
-use crate::timer::{rdtsc, VcpuTimer};
-use crate::vm::Mode;
+use crate::tsc::rdtsc;
+
+/// One vCPU's timer, from `lazy-tscdeadline-kvm`.
+pub type Timer = VcpuTimer<Arc<GuestMemoryMmap>, Arc<VmFd>>;
 
 const CR0_PE: u64 = 1;
 const CR0_MP: u64 = 1 << 1;
@@ -35,8 +41,6 @@ pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 /// Selector of vCPU 0's TSS; vCPU `i` uses `TSS_SELECTOR + 16 * i`.
 pub const TSS_SELECTOR: u16 = 0x18;
-/// LVT timer register offset in the LAPIC page.
-const APIC_LVTT: usize = 0x320;
 /// `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`.
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_aee1;
 /// `_IOW(KVMIO, 0xe3, struct kvm_device_attr)`.
@@ -47,13 +51,11 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// Puts `vcpu` (index `index`) in 64-bit mode at the guest entry point with
 /// its own stack and TSS, sets its CPUID, makes its TSC equal to the host's,
 /// and makes it runnable.
-pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Result<(), String> {
+pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Result<(), Error> {
     vcpu.set_cpuid2(cpuid)
-        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
 
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let mut sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
     let code = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -94,24 +96,22 @@ pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Re
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.efer = EFER_LME | EFER_LMA;
     vcpu.set_sregs(&sregs)
-        .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        .map_err(Error::kvm("KVM_SET_SREGS"))?;
 
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu)
-        .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+    vcpu.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
 
-    let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let mut regs = vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?;
     regs.rip = IMAGE_GPA;
     // As if `_start` had been called: RSP + 8 is 16-byte aligned.
     regs.rsp = STACKS_GPA + u64::from(index + 1) * STACK_STRIDE - 8;
     regs.rdi = u64::from(index);
     regs.rflags = 2;
-    vcpu.set_regs(&regs)
-        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+    vcpu.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
 
     set_tsc_offset_zero(vcpu)?;
 
@@ -120,14 +120,14 @@ pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Re
         vcpu.set_mp_state(kvm_mp_state {
             mp_state: KVM_MP_STATE_RUNNABLE,
         })
-        .map_err(|e| format!("KVM_SET_MP_STATE: {e}"))?;
+        .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
     }
     Ok(())
 }
 
 /// Makes the guest TSC equal to the host TSC (offset 0, no scaling), so the
 /// host reads guest time with `rdtsc`, and checks it took effect.
-fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), String> {
+fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), Error> {
     let offset: u64 = 0;
     let attr = kvm_device_attr {
         group: KVM_VCPU_TSC_CTRL,
@@ -147,27 +147,30 @@ fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), String> {
         let ret =
             unsafe { libc::ioctl(vcpu.as_raw_fd(), request, &attr as *const kvm_device_attr) };
         if ret != 0 {
-            return Err(format!(
+            return Err(Error::Unsupported(format!(
                 "KVM lacks the KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET vCPU attribute ({what}: {}); \
                  cannot make guest TSC == host TSC",
                 std::io::Error::last_os_error()
-            ));
+            )));
         }
     }
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_TSC,
         ..Default::default()
     }])
-    .map_err(|e| format!("{e:?}"))?;
+    .map_err(|_| Error::Kvm {
+        op: "KVM_GET_MSRS(IA32_TSC)",
+        source: kvm_ioctls::Error::new(libc::ENOMEM),
+    })?;
     let before = rdtsc();
     vcpu.get_msrs(&mut msrs)
-        .map_err(|e| format!("KVM_GET_MSRS(IA32_TSC): {e}"))?;
+        .map_err(Error::kvm("KVM_GET_MSRS(IA32_TSC)"))?;
     let after = rdtsc();
     let guest = msrs.as_slice()[0].data;
     if guest < before || guest > after {
-        return Err(format!(
+        return Err(Error::Unsupported(format!(
             "guest TSC {guest} is not the host TSC (read between {before} and {after}) after setting offset 0 (TSC scaling active?)"
-        ));
+        )));
     }
     Ok(())
 }
@@ -183,14 +186,18 @@ pub struct ExitCounts {
     pub msr_reads: u64,
     /// WRMSR exits for IA32_TSC_DEADLINE.
     pub tsc_deadline_writes: u64,
+    /// WRMSR exits for IA32_TSC_DEADLINE while this vCPU's struct was
+    /// registered (after the exit of its registration write).
+    pub tsc_deadline_writes_registered: u64,
     /// WRMSR exits for the registration MSR.
     pub registration_writes: u64,
-    /// #GP injected for an MSR access.
+    /// #GP injected for an MSR access (one the timer does not handle, or a
+    /// guest fault under the protocol).
     pub gp_injected: u64,
-    /// Host timer expiries handled on this vCPU's thread (LVT read, then
-    /// `kick()`).
+    /// Host timer expiries handled on this vCPU's thread (`service()`
+    /// returned the outcome of a KICK).
     pub timer_expiries: u64,
-    /// VMM TSC cycles spent handling them (reading the LAPIC, `kick()`).
+    /// VMM TSC cycles spent in those `service()` calls (LVT read, KICK).
     pub expiry_cycles: u64,
 }
 
@@ -206,6 +213,9 @@ pub struct VcpuOutcome {
     /// Deltas of KVM's vCPU statistics between READY and DONE (None when
     /// KVM_GET_STATS_FD is unavailable).
     pub kvm_stats: Option<BTreeMap<String, u64>>,
+    /// `lazy-tscdeadline-kvm`'s counters of this vCPU at DONE (modes with a
+    /// routing only).
+    pub timer_counters: Option<VcpuCounters>,
 }
 
 /// KVM_EXIT_INTERNAL_ERROR with its sub-error, data words and RIP.
@@ -223,230 +233,227 @@ fn internal_error(vcpu: &mut VcpuFd) -> String {
     )
 }
 
-/// How the thread ended, if not with PORT_DONE.
-fn fault_message(index: u32, what: &str) -> String {
-    format!("vCPU {index}: {what}")
+/// What the run loop does after an exit was handled.
+enum Step {
+    /// Run the vCPU again.
+    Run,
+    /// `KVM_RUN` returned EINTR (a kick): clear `immediate_exit`, run again.
+    Interrupted,
+    /// KVM_EXIT_INTERNAL_ERROR: read its details, then fail.
+    InternalError,
+    /// The guest reported DONE.
+    Done(Box<VcpuOutcome>),
 }
 
-/// The LVT timer register of `vcpu`'s in-kernel LAPIC.
-fn read_lvt_timer(vcpu: &VcpuFd) -> Result<u32, String> {
-    let lapic = vcpu
-        .get_lapic()
-        .map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
-    let r = &lapic.regs[APIC_LVTT..APIC_LVTT + 4];
-    Ok(u32::from_le_bytes([
-        r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8,
-    ]))
-}
-
-/// Handles an expiry of the host timer on the vCPU thread: the LVT as the
-/// guest has it now, then KICK (which injects only in TSC-deadline mode and
-/// unmasked).
-fn handle_expiry(
-    vcpu: &VcpuFd,
+/// The vCPU thread's state: what it counts, and its timer.
+struct VcpuThread {
     index: u32,
-    t: &VcpuTimer,
-    exits: &mut ExitCounts,
-) -> Result<(), String> {
-    let start = rdtsc();
-    let lvt = read_lvt_timer(vcpu)?;
-    {
-        let mut timer = t.timer.lock().unwrap();
-        // Read now, not when it changed: delivery is decided by this value.
-        timer
-            .observe_lvt_timer(lvt)
-            .map_err(|e| fault_message(index, &format!("LVT update: {e}")))?;
-        timer
-            .kick()
-            .map_err(|e| fault_message(index, &format!("timer expiry: {e}")))?;
-    }
-    exits.timer_expiries += 1;
-    exits.expiry_cycles += rdtsc().wrapping_sub(start);
-    Ok(())
+    mode: Mode,
+    timer: Option<Arc<Timer>>,
+    stats: Option<VcpuStats>,
+    snapshot: Option<BTreeMap<String, u64>>,
+    exits: ExitCounts,
+    boot_probe: u64,
+    ready: bool,
+    /// Whether this vCPU's struct is registered (as the timer says).
+    registered: bool,
 }
 
-/// Runs vCPU `index` until the guest reports done.
+/// Runs vCPU `index` until the guest reports done. With a timer, `kicker`
+/// (its [`SignalKicker`], whose handler is installed) is attached to this
+/// thread while it runs the vCPU.
 pub fn run(
     mut vcpu: VcpuFd,
     index: u32,
     mode: Mode,
-    timer: Option<Arc<VcpuTimer>>,
-) -> Result<VcpuOutcome, String> {
-    if let Some(t) = &timer {
-        t.attach(vcpu.get_kvm_run());
+    timer: Option<(Arc<Timer>, Arc<SignalKicker>)>,
+) -> Result<VcpuOutcome, Error> {
+    let (timer, kicker) = timer.unzip();
+    if let Some(k) = &kicker {
+        k.attach(vcpu.get_kvm_run());
     }
-    let outcome = run_loop(&mut vcpu, index, mode, timer.as_deref());
-    if let Some(t) = &timer {
-        t.detach();
+    let mut thread = VcpuThread {
+        index,
+        mode,
+        timer,
+        stats: VcpuStats::open(&vcpu).ok(),
+        snapshot: None,
+        exits: ExitCounts::default(),
+        boot_probe: 0,
+        ready: false,
+        registered: false,
+    };
+    let outcome = thread.run_loop(&mut vcpu);
+    if let Some(k) = &kicker {
+        k.detach();
     }
     outcome
 }
 
-fn run_loop(
-    vcpu: &mut VcpuFd,
-    index: u32,
-    mode: Mode,
-    timer: Option<&VcpuTimer>,
-) -> Result<VcpuOutcome, String> {
-    let stats = VcpuStats::open(vcpu).ok();
-    let mut snapshot: Option<BTreeMap<String, u64>> = None;
-    let mut exits = ExitCounts::default();
-    let mut boot_probe = 0u64;
-    let mut ready = false;
-    loop {
-        if let Some(t) = timer {
-            if t.take_expiry() {
-                handle_expiry(vcpu, index, t, &mut exits)?;
+impl VcpuThread {
+    fn fail(&self, what: impl Into<String>) -> Error {
+        Error::Vcpu {
+            vcpu: self.index,
+            what: what.into(),
+        }
+    }
+
+    fn exit_error(&self) -> impl FnOnce(lazy_tscdeadline_kvm::ExitError) -> Error {
+        let vcpu = self.index;
+        move |source| Error::Exit { vcpu, source }
+    }
+
+    fn run_loop(&mut self, vcpu: &mut VcpuFd) -> Result<VcpuOutcome, Error> {
+        loop {
+            self.service()?;
+            let step = self.handle_exit(vcpu.run())?;
+            match step {
+                Step::Run => {}
+                Step::Interrupted => vcpu.set_kvm_immediate_exit(0),
+                Step::InternalError => return Err(self.fail(internal_error(vcpu))),
+                Step::Done(outcome) => return Ok(*outcome),
             }
         }
-        // MSR writes to the emulated timer need KVM_GET_LAPIC, which cannot
-        // be called while the exit (borrowing the vCPU) is alive: decode
-        // first, handle after.
-        let mut pending_write: Option<(u32, u64)> = None;
-        match vcpu.run() {
-            Ok(exit) => {
-                exits.total += 1;
-                match exit {
-                    VcpuExit::IoOut(port, data) => {
-                        let value = data.first().copied().unwrap_or(0);
-                        match port {
-                            PORT_READY => {
-                                if mode != Mode::Kernel && boot_probe == 0 {
-                                    return Err(format!(
-                                        "vCPU {index}: the guest's boot-time write of IA32_TSC_DEADLINE (0x6e0) never \
-                                         reached userspace although the MSR filter denies it: KVM handled it in its \
-                                         exit fastpath (handle_fastpath_set_msr_irqoff / TSC-deadline fastpath) without \
-                                         consulting the filter, so {mode} mode cannot be measured on this kernel"
-                                    ));
-                                }
-                                ready = true;
-                                exits = ExitCounts::default();
-                                snapshot = stats.as_ref().and_then(|s| s.read().ok());
-                            }
-                            PORT_DONE => {
-                                exits.total -= 1;
-                                let end = stats.as_ref().and_then(|s| s.read().ok());
-                                let kvm_stats = match (snapshot, end) {
-                                    (Some(a), Some(b)) => Some(
-                                        b.into_iter()
-                                            .map(|(k, v)| {
-                                                let d =
-                                                    v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
-                                                (k, d)
-                                            })
-                                            .collect(),
-                                    ),
-                                    _ => None,
-                                };
-                                return Ok(VcpuOutcome {
-                                    index,
-                                    exits,
-                                    boot_tsc_deadline_writes: boot_probe,
-                                    kvm_stats,
-                                });
-                            }
-                            PORT_FAULT => {
-                                return Err(fault_message(
-                                    index,
-                                    &format!("guest fault reported (cpu byte {value})"),
-                                ))
-                            }
-                            _ => {
-                                return Err(fault_message(
-                                    index,
-                                    &format!("unexpected port write {port:#x}"),
-                                ))
-                            }
+    }
+
+    /// After every return from `KVM_RUN` (and before the first): the
+    /// timer's take-over / hand-back and a pending host timer expiry.
+    fn service(&mut self) -> Result<(), Error> {
+        let Some(timer) = &self.timer else {
+            return Ok(());
+        };
+        let start = rdtsc();
+        let kicked = timer.service().map_err(self.exit_error())?;
+        if kicked.is_some() {
+            self.exits.timer_expiries += 1;
+            self.exits.expiry_cycles += rdtsc().wrapping_sub(start);
+        }
+        Ok(())
+    }
+
+    /// The exit handler: every return from `KVM_RUN`.
+    fn handle_exit(
+        &mut self,
+        exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    ) -> Result<Step, Error> {
+        self.exits.total += 1;
+        match exit {
+            Ok(VcpuExit::IoOut(PORT_READY, _)) => self.on_ready().map(|()| Step::Run),
+            Ok(VcpuExit::IoOut(PORT_DONE, _)) => {
+                self.exits.total -= 1;
+                Ok(Step::Done(Box::new(self.on_done())))
+            }
+            Ok(VcpuExit::IoOut(PORT_FAULT, data)) => Err(self.fail(format!(
+                "guest fault reported (cpu byte {})",
+                data.first().copied().unwrap_or(0)
+            ))),
+            Ok(VcpuExit::IoOut(port, _)) => {
+                Err(self.fail(format!("unexpected port write {port:#x}")))
+            }
+            Ok(VcpuExit::X86Wrmsr(mut exit)) => {
+                self.exits.msr_writes += 1;
+                match exit.index {
+                    MSR_IA32_TSC_DEADLINE => {
+                        self.exits.tsc_deadline_writes += 1;
+                        if self.registered {
+                            self.exits.tsc_deadline_writes_registered += 1;
+                        }
+                        if !self.ready {
+                            self.boot_probe += 1;
                         }
                     }
-                    VcpuExit::X86Rdmsr(exit) => {
-                        exits.msr_reads += 1;
-                        let result = match timer {
-                            Some(t) if handles_msr(exit.index) => {
-                                t.timer.lock().unwrap().read_msr(exit.index)
-                            }
-                            _ => Err(ReadMsrError::UnknownMsr(exit.index)),
-                        };
-                        match result {
-                            Ok(v) => *exit.data = v,
-                            // Also MSRs not routed to the timer: #GP.
-                            Err(_) => {
-                                exits.gp_injected += 1;
-                                *exit.error = 1;
-                            }
-                        }
-                    }
-                    VcpuExit::X86Wrmsr(exit) => {
-                        exits.msr_writes += 1;
-                        match exit.index {
-                            MSR_IA32_TSC_DEADLINE => {
-                                exits.tsc_deadline_writes += 1;
-                                if !ready {
-                                    boot_probe += 1;
-                                }
-                            }
-                            MSR_KVM_LAZY_TSCDEADLINE => exits.registration_writes += 1,
-                            _ => {}
-                        }
-                        if timer.is_some() && handles_msr(exit.index) {
-                            pending_write = Some((exit.index, exit.data));
-                        } else {
-                            exits.gp_injected += 1;
-                            *exit.error = 1;
-                        }
-                    }
-                    VcpuExit::Hlt => return Err(fault_message(index, "unexpected HLT exit")),
-                    VcpuExit::Shutdown => {
-                        return Err(fault_message(index, "triple fault (KVM_EXIT_SHUTDOWN)"))
-                    }
-                    VcpuExit::FailEntry(reason, cpu) => {
-                        return Err(fault_message(
-                            index,
-                            &format!("KVM_EXIT_FAIL_ENTRY reason {reason:#x} on cpu {cpu}"),
-                        ))
-                    }
-                    VcpuExit::InternalError => {
-                        return Err(fault_message(index, &internal_error(vcpu)))
-                    }
-                    other => {
-                        return Err(fault_message(index, &format!("unexpected exit {other:?}")))
+                    MSR_KVM_LAZY_TSCDEADLINE => self.exits.registration_writes += 1,
+                    _ => {}
+                }
+                let outcome = match &self.timer {
+                    Some(t) => t.handle_wrmsr(&mut exit).map_err(self.exit_error())?,
+                    None => MsrOutcome::NotOurs,
+                };
+                if exit.index == MSR_KVM_LAZY_TSCDEADLINE {
+                    if let Some(t) = &self.timer {
+                        self.registered = t.with_timer(|t| t.registration().is_enabled());
                     }
                 }
+                self.count_gp(outcome, exit.error);
+                Ok(Step::Run)
             }
+            Ok(VcpuExit::X86Rdmsr(mut exit)) => {
+                self.exits.msr_reads += 1;
+                let outcome = match &self.timer {
+                    Some(t) => t.handle_rdmsr(&mut exit).map_err(self.exit_error())?,
+                    None => MsrOutcome::NotOurs,
+                };
+                self.count_gp(outcome, exit.error);
+                Ok(Step::Run)
+            }
+            Ok(VcpuExit::Hlt) => Err(self.fail("unexpected HLT exit")),
+            Ok(VcpuExit::Shutdown) => Err(self.fail("triple fault (KVM_EXIT_SHUTDOWN)")),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Err(self.fail(format!(
+                "KVM_EXIT_FAIL_ENTRY reason {reason:#x} on cpu {cpu}"
+            ))),
+            Ok(VcpuExit::InternalError) => Ok(Step::InternalError),
+            Ok(other) => Err(self.fail(format!("unexpected exit {other:?}"))),
+            // The kick signal (a host timer expired: `service` handles it
+            // before the next run) or another one.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                // The kick signal (host timer expired) or another one; the
-                // expiry is handled at the top of the loop.
-                vcpu.set_kvm_immediate_exit(0);
-                exits.total += 1;
-                continue;
+                Ok(Step::Interrupted)
             }
-            Err(e) => return Err(fault_message(index, &format!("KVM_RUN: {e}"))),
+            Err(e) => Err(self.fail(format!("KVM_RUN: {e}"))),
         }
-        if let (Some((msr, value)), Some(t)) = (pending_write, timer) {
-            let lvt = if msr == MSR_IA32_TSC_DEADLINE {
-                Some(read_lvt_timer(vcpu)?)
-            } else {
-                None
-            };
-            let result = {
-                let mut t = t.timer.lock().unwrap();
-                if let Some(lvt) = lvt {
-                    t.set_lvt_timer(lvt)
-                        .map_err(|e| fault_message(index, &format!("LVT update: {e}")))?;
-                }
-                t.write_msr(msr, value)
-            };
-            if let Err(e @ (WriteMsrError::Backend(_) | WriteMsrError::UnknownMsr(_))) = &result {
-                return Err(fault_message(index, &format!("WRMSR {msr:#x}: {e}")));
+    }
+
+    /// An MSR exit's outcome: not the timer's (any other MSR) gets #GP, as
+    /// KVM would; the timer already set `error` for a guest fault.
+    fn count_gp(&mut self, outcome: MsrOutcome, error: &mut u8) {
+        match outcome {
+            MsrOutcome::NotOurs => {
+                *error = 1;
+                self.exits.gp_injected += 1;
             }
-            if result.is_err() {
-                exits.gp_injected += 1;
-                let run = vcpu.get_kvm_run();
-                // The last exit was KVM_EXIT_X86_WRMSR, so `msr` is the
-                // active member of the exit union; setting `error` makes KVM
-                // inject #GP on the next KVM_RUN.
-                run.__bindgen_anon_1.msr.error = 1;
-            }
+            MsrOutcome::GuestFault(_) => self.exits.gp_injected += 1,
+            _ => {}
+        }
+    }
+
+    /// READY: boot is over. With `Always` routing the guest's boot-time
+    /// write of 0x6e0 must have reached the VMM; counting starts.
+    fn on_ready(&mut self) -> Result<(), Error> {
+        let always = self.mode.spec().routing == Some(RoutingPolicy::Always);
+        if always && self.boot_probe == 0 {
+            return Err(self.fail(format!(
+                "the guest's boot-time write of IA32_TSC_DEADLINE (0x6e0) never reached userspace \
+                 although the MSR filter denies it: KVM handled it in its exit fastpath \
+                 (handle_fastpath_set_msr_irqoff / TSC-deadline fastpath) without consulting the \
+                 filter, so {} mode cannot be measured on this kernel",
+                self.mode
+            )));
+        }
+        self.ready = true;
+        self.exits = ExitCounts::default();
+        self.snapshot = self.stats.as_ref().and_then(|s| s.read().ok());
+        Ok(())
+    }
+
+    /// DONE: KVM's statistics since READY, and the timer's counters.
+    fn on_done(&mut self) -> VcpuOutcome {
+        let end = self.stats.as_ref().and_then(|s| s.read().ok());
+        let kvm_stats = match (self.snapshot.take(), end) {
+            (Some(a), Some(b)) => Some(
+                b.into_iter()
+                    .map(|(k, v)| {
+                        let d = v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
+                        (k, d)
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        VcpuOutcome {
+            index: self.index,
+            exits: self.exits,
+            boot_tsc_deadline_writes: self.boot_probe,
+            kvm_stats,
+            timer_counters: self.timer.as_ref().map(|t| t.counters()),
         }
     }
 }

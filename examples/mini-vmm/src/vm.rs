@@ -1,77 +1,28 @@
 //! The VM: capability checks, guest memory and its initial contents (image,
-//! page tables, GDT, TSSs, parameters), CPUID, the MSR filter, and one run
-//! of the workload in one mode.
+//! page tables, GDT, TSSs, parameters), CPUID, and one run of the workload
+//! in one mode, with the timer glue of `lazy-tscdeadline-kvm` as the mode's
+//! [`ModeSpec`](crate::mode::ModeSpec) says.
 
-use std::fmt;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region, Msrs,
-    KVM_MAX_CPUID_ENTRIES,
-};
-use kvm_ioctls::{
-    Cap, Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd,
-    VmFd,
-};
-use lazy_tscdeadline_abi::{
-    KVM_CPUID_FEATURES, KVM_FEATURE_LAZY_TSCDEADLINE, MSR_IA32_TSC_DEADLINE,
-    MSR_KVM_LAZY_TSCDEADLINE,
-};
-use lazy_tscdeadline_host::{Config, Counters, LvtTimer};
+use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
+use lazy_tscdeadline_abi::MSR_KVM_LAZY_TSCDEADLINE;
+use lazy_tscdeadline_host::Counters;
+use lazy_tscdeadline_kvm::{setup, GuestTsc, MsrRouting, SignalKicker, VcpuTimer, VcpuTimerParts};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::error::Error;
+use crate::expiry::{TimerThread, Watchdog};
 use crate::layout::*;
-use crate::timer::{self, FdTimer, MsiSink, Timer, TimerThread, TscClock, VcpuTimer, Watchdog};
-use crate::vcpu::{self, VcpuOutcome};
+pub use crate::mode::Mode;
+use crate::mode::{ModeSpec, Registration};
+use crate::vcpu::{self, Timer, VcpuOutcome};
 
 /// The guest program, built by `build.rs`.
 static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest/guest.bin"));
-
-/// How IA32_TSC_DEADLINE is handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// KVM's in-kernel LAPIC timer (no MSR filter).
-    Kernel,
-    /// Every write exits to userspace and is emulated by the host crate.
-    Eager,
-    /// As eager, plus the paravirtual lazy protocol.
-    Lazy,
-}
-
-impl Mode {
-    /// All modes, in table order.
-    pub const ALL: [Mode; 3] = [Mode::Kernel, Mode::Eager, Mode::Lazy];
-
-    /// Parses a `--mode` value.
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "kernel" => Some(Mode::Kernel),
-            "eager" => Some(Mode::Eager),
-            "lazy" => Some(Mode::Lazy),
-            _ => None,
-        }
-    }
-
-    fn guest_mode(self) -> u64 {
-        match self {
-            Mode::Kernel => MODE_KERNEL,
-            Mode::Eager => MODE_EAGER,
-            Mode::Lazy => MODE_LAZY,
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Kernel => "kernel",
-            Mode::Eager => "eager",
-            Mode::Lazy => "lazy",
-        })
-    }
-}
 
 /// How the guest's CPL0 code is to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,29 +40,29 @@ pub enum Execution {
 
 impl Execution {
     /// Parses the value of `--execution` (`None`: the value is missing).
-    pub fn parse(value: Option<String>) -> Result<Execution, String> {
+    pub fn parse(value: Option<String>) -> Result<Execution, Error> {
         match value.as_deref() {
             Some("auto") => Ok(Execution::Auto),
             Some("native") => Ok(Execution::Native),
             Some("emulated") => Ok(Execution::Emulated),
-            Some(other) => Err(format!(
+            Some(other) => Err(Error::Usage(format!(
                 "--execution: {other} is not one of native, emulated, auto"
-            )),
-            None => Err("--execution needs a value".into()),
+            ))),
+            None => Err(Error::Usage("--execution needs a value".into())),
         }
     }
 
     /// Whether the guest must switch itself to native execution, given
     /// whether this is a PVM host.
-    fn switch_to_native(self, pvm: bool) -> Result<bool, String> {
+    fn switch_to_native(self, pvm: bool) -> Result<bool, Error> {
         match (self, pvm) {
             (Execution::Auto | Execution::Native, pvm) => Ok(pvm),
             (Execution::Emulated, true) => Ok(false),
-            (Execution::Emulated, false) => Err(
+            (Execution::Emulated, false) => Err(Error::Unsupported(
                 "--execution emulated needs a PVM host (kvm_pvm); this /dev/kvm runs guests with \
                  hardware virtualization and cannot be told to emulate them"
                     .into(),
-            ),
+            )),
         }
     }
 }
@@ -194,8 +145,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// Waits longer than this past their deadline count as missed.
 const MISS_BOUND_MS: u64 = 200;
 
-fn check_caps(kvm: &Kvm, mode: Mode) -> Result<(), String> {
-    let mut needed = vec![
+fn check_caps(kvm: &Kvm, spec: &ModeSpec) -> Result<(), Error> {
+    let needed = [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
         (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
@@ -203,27 +154,33 @@ fn check_caps(kvm: &Kvm, mode: Mode) -> Result<(), String> {
         (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER"),
         (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
     ];
-    if mode != Mode::Kernel {
-        needed.push((Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR"));
-        needed.push((Cap::X86MsrFilter, "KVM_CAP_X86_MSR_FILTER"));
-    }
     for (cap, name) in needed {
         if !kvm.check_extension(cap) {
-            return Err(format!("/dev/kvm lacks {name}, needed for {mode} mode"));
+            return Err(Error::MissingCapability {
+                cap: name,
+                mode: spec.mode,
+            });
         }
+    }
+    if spec.routing.is_some() {
+        // The MSR routing's own needs.
+        setup::check_capabilities(kvm)?;
     }
     Ok(())
 }
 
 /// The CPUID of vCPU `index`: KVM's supported set plus TSC-deadline and
-/// x2APIC, the KVM signature leaf, and the lazy bit only in lazy mode.
-fn cpuid_for(kvm: &Kvm, mode: Mode, index: u32) -> Result<kvm_bindings::CpuId, String> {
+/// x2APIC, the KVM signature leaf, and the lazy bit as the mode says.
+fn cpuid_for(kvm: &Kvm, spec: &ModeSpec, index: u32) -> Result<kvm_bindings::CpuId, Error> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    if spec.advertised {
+        setup::advertise(&mut cpuid)?;
+    } else {
+        setup::withdraw(&mut cpuid)?;
+    }
     let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
-    let mut have_sig = false;
-    let mut have_features = false;
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
@@ -231,87 +188,26 @@ fn cpuid_for(kvm: &Kvm, mode: Mode, index: u32) -> Result<kvm_bindings::CpuId, S
                 e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24);
             }
             0xb | 0x1f => e.edx = index,
-            0x4000_0000 => {
-                have_sig = true;
-                e.eax = e.eax.max(KVM_CPUID_FEATURES);
+            // The guest checks for KVM's signature before the feature leaf.
+            setup::KVM_CPUID_SIGNATURE => {
                 (e.ebx, e.ecx, e.edx) = (sig(b"KVMK"), sig(b"VMKV"), sig(b"M\0\0\0"));
-            }
-            KVM_CPUID_FEATURES => {
-                have_features = true;
-                set_lazy_bit(e, mode);
             }
             _ => {}
         }
     }
-    if !have_sig {
-        cpuid
-            .push(kvm_cpuid_entry2 {
-                function: 0x4000_0000,
-                eax: KVM_CPUID_FEATURES,
-                ebx: sig(b"KVMK"),
-                ecx: sig(b"VMKV"),
-                edx: sig(b"M\0\0\0"),
-                ..Default::default()
-            })
-            .map_err(|e| format!("CPUID: {e:?}"))?;
-    }
-    if !have_features {
-        let mut e = kvm_cpuid_entry2 {
-            function: KVM_CPUID_FEATURES,
-            ..Default::default()
-        };
-        set_lazy_bit(&mut e, mode);
-        cpuid.push(e).map_err(|e| format!("CPUID: {e:?}"))?;
-    }
     Ok(cpuid)
 }
 
-fn set_lazy_bit(e: &mut kvm_cpuid_entry2, mode: Mode) {
-    let bit = 1 << KVM_FEATURE_LAZY_TSCDEADLINE;
-    if mode == Mode::Lazy {
-        e.eax |= bit;
-    } else {
-        e.eax &= !bit;
-    }
-}
-
-/// Denies reads and writes of the two timer MSRs so they exit to userspace
-/// (KVM_EXIT_X86_RDMSR/WRMSR with reason FILTER); everything else allowed.
-fn route_timer_msrs_to_userspace(vm: &VmFd) -> Result<(), String> {
-    let cap = kvm_enable_cap {
-        cap: Cap::X86UserSpaceMsr as u32,
-        args: [u64::from(MsrExitReason::Filter.bits()), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)
-        .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-    let deny = [0u8];
-    let range = |base| MsrFilterRange {
-        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-        base,
-        msr_count: 1,
-        bitmap: &deny,
-    };
-    vm.set_msr_filter(
-        MsrFilterDefaultAction::ALLOW,
-        &[
-            range(MSR_IA32_TSC_DEADLINE),
-            range(MSR_KVM_LAZY_TSCDEADLINE),
-        ],
-    )
-    .map_err(|e| format!("KVM_X86_SET_MSR_FILTER: {e}"))
-}
-
-fn mem_err(e: impl fmt::Display) -> String {
-    format!("writing guest memory: {e}")
+fn mem_err(e: impl std::fmt::Display) -> Error {
+    Error::Memory(format!("writing guest memory: {e}"))
 }
 
 /// Writes the image, identity page tables (first 1 GiB, 2 MiB pages), the
 /// GDT with one TSS per vCPU, the TSSs and the parameters. Returns the GDT
 /// limit.
-fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result<u16, String> {
+fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result<u16, Error> {
     if GUEST_IMAGE.len() as u64 > IMAGE_MAX {
-        return Err("guest image too large".into());
+        return Err(Error::Memory("guest image too large".into()));
     }
     mem.write_slice(GUEST_IMAGE, GuestAddress(IMAGE_GPA))
         .map_err(mem_err)?;
@@ -366,7 +262,7 @@ fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result
     Ok((gdt.len() * 8 - 1) as u16)
 }
 
-fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, String> {
+fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, Error> {
     let mut r = Results::default();
     // SAFETY: `Results` is repr(C), all u64, no padding: any bytes are valid.
     let bytes = unsafe {
@@ -379,53 +275,102 @@ fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, String> {
         bytes,
         GuestAddress(RESULTS_GPA + u64::from(cpu) * RESULTS_STRIDE),
     )
-    .map_err(|e| format!("reading guest results: {e}"))?;
+    .map_err(Error::memory("reading guest results"))?;
     Ok(r)
 }
 
 /// Opens /dev/kvm, or explains why it can't.
-pub fn open_kvm() -> Result<Kvm, String> {
-    Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))
+pub fn open_kvm() -> Result<Kvm, Error> {
+    Kvm::new().map_err(Error::OpenKvm)
 }
 
 /// Boots a fresh VM in `mode` and runs the workload on every vCPU.
-pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, String> {
+pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, Error> {
     run_with(mode, w, 0)
+}
+
+/// The vCPU's timers of a mode with a routing: the signal kick, one
+/// `VcpuTimer` per vCPU over the VM-wide `MsrRouting`.
+type Timers = Vec<(Arc<Timer>, Arc<SignalKicker>)>;
+
+fn timers_for(
+    kvm: &Kvm,
+    spec: &ModeSpec,
+    vm: &Arc<kvm_ioctls::VmFd>,
+    mem: &Arc<GuestMemoryMmap>,
+    vcpus: &[VcpuFd],
+) -> Result<Timers, Error> {
+    let Some(policy) = spec.routing else {
+        return Ok(Vec::new());
+    };
+    // Probes the kernel (once per process), enables MSR exits, installs
+    // the filter for `policy`.
+    let routing = Arc::new(MsrRouting::new(kvm, vm.clone(), policy)?);
+    let signal = kick_signal()?;
+    let mut timers = Vec::new();
+    for (i, vcpu) in vcpus.iter().enumerate() {
+        let kicker = Arc::new(SignalKicker::new(signal));
+        let parts = VcpuTimerParts {
+            index: i as u32,
+            mem: mem.clone(),
+            vm: vm.clone(),
+            // After `vcpu::configure` set the TSC offset.
+            clock: GuestTsc::from_vcpu(vcpu)?,
+            lazy_advertised: spec.advertised,
+        };
+        let timer = VcpuTimer::new(vcpu, parts, routing.clone(), kicker.clone())?;
+        timers.push((Arc::new(timer), kicker));
+    }
+    Ok(timers)
+}
+
+/// The signal that kicks vCPU threads out of `KVM_RUN`, its handler
+/// installed once per process.
+fn kick_signal() -> Result<libc::c_int, Error> {
+    static SIGNAL: OnceLock<libc::c_int> = OnceLock::new();
+    if let Some(s) = SIGNAL.get() {
+        return Ok(*s);
+    }
+    let signal = vmm_sys_util::signal::SIGRTMIN();
+    SignalKicker::install_handler(signal)?;
+    Ok(*SIGNAL.get_or_init(|| signal))
 }
 
 /// Like [`run`], with vCPUs `0..hostile_vcpus` running the hostile program
 /// (lazy mode only) instead of the workload.
-pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun, String> {
-    if hostile_vcpus > 0 && mode != Mode::Lazy {
-        return Err("the hostile program runs in lazy mode only".into());
+pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun, Error> {
+    let spec = mode.spec();
+    if hostile_vcpus > 0 && spec.registration != Registration::AtBoot {
+        return Err(Error::Usage(
+            "the hostile program runs in lazy mode only".into(),
+        ));
     }
     if w.vcpus == 0 || w.vcpus as usize > MAX_CPUS {
-        return Err(format!("--vcpus must be 1..={MAX_CPUS}"));
+        return Err(Error::Usage(format!("--vcpus must be 1..={MAX_CPUS}")));
     }
     if w.requests > SAMPLES_PER_CPU {
-        return Err(format!("--requests must be at most {SAMPLES_PER_CPU}"));
+        return Err(Error::Usage(format!(
+            "--requests must be at most {SAMPLES_PER_CPU}"
+        )));
     }
     let kvm = open_kvm()?;
-    check_caps(&kvm, mode)?;
-    let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
+    check_caps(&kvm, spec)?;
+    let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
     vm.set_tss_address(0xfffb_d000)
-        .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
-        .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
-    if mode != Mode::Kernel {
-        route_timer_msrs_to_userspace(&vm)?;
-    }
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
 
     let needed = SAMPLES_GPA + u64::from(w.vcpus) * SAMPLES_PER_CPU * 8;
     let mem_size = needed.max(64 << 20).next_multiple_of(2 << 20);
     let mem = Arc::new(
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-            .map_err(|e| format!("allocating guest memory: {e}"))?,
+            .map_err(Error::memory("allocating guest memory"))?,
     );
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| format!("guest memory: {e}"))?;
+            .map_err(Error::memory("host address of guest memory"))?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -438,25 +383,26 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         // a vCPU thread outlived it after an error, KVM would only fail its
         // accesses to the unmapped range (it validates user addresses).
         unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
 
     let mut vcpus = Vec::new();
     for i in 0..w.vcpus {
         vcpus.push(
             vm.create_vcpu(u64::from(i))
-                .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?,
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?,
         );
     }
     let tsc_khz = u64::from(
         vcpus[0]
             .get_tsc_khz()
-            .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?,
+            .map_err(Error::kvm("KVM_GET_TSC_KHZ"))?,
     );
     let pvm_native = w.execution.switch_to_native(is_pvm_host(&vcpus[0]))?;
     let params = Params {
         magic: PARAMS_MAGIC,
-        mode: mode.guest_mode(),
+        register: spec.registration.guest_value(),
+        register_after: spec.registration.register_after(w.requests),
         requests: w.requests,
         depth: w.depth,
         timeout_tsc: w.timeout_us * tsc_khz / 1000,
@@ -475,31 +421,12 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
     };
     let gdt_limit = write_boot_data(&mem, &params, w.vcpus)?;
     for (i, v) in vcpus.iter().enumerate() {
-        vcpu::configure(v, i as u32, &cpuid_for(&kvm, mode, i as u32)?, gdt_limit)?;
+        vcpu::configure(v, i as u32, &cpuid_for(&kvm, spec, i as u32)?, gdt_limit)?;
     }
 
-    let mut timers = Vec::new();
-    let mut fds = Vec::new();
-    if mode != Mode::Kernel {
-        timer::install_kick_handler()?;
-        for i in 0..w.vcpus {
-            let host_timer = FdTimer::new(tsc_khz)?;
-            let fd = host_timer.raw_fd();
-            let t = Timer::new(
-                mem.clone(),
-                host_timer,
-                TscClock,
-                MsiSink::new(vm.clone(), i),
-                LvtTimer::RESET,
-                Config::new().with_lazy_advertised(mode == Mode::Lazy),
-            );
-            let t = Arc::new(VcpuTimer::new(t));
-            fds.push((fd, t.clone()));
-            timers.push(t);
-        }
-    }
+    let timers = timers_for(&kvm, spec, &vm, &mem, &vcpus)?;
     let timer_thread = TimerThread::spawn(
-        fds,
+        timers.iter().map(|(t, _)| t.clone()).collect(),
         Watchdog {
             vm: vm.clone(),
             mem: mem.clone(),
@@ -520,14 +447,15 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                 let r = vcpu::run(v, i as u32, mode, timer);
                 let _ = tx.send((i, r, Instant::now()));
             })
-            .map_err(|e| format!("spawning vCPU thread: {e}"))?;
+            .map_err(Error::io("spawning a vCPU thread"))?;
     }
     drop(tx);
     let mut outcomes: Vec<Option<VcpuOutcome>> = (0..w.vcpus).map(|_| None).collect();
     let mut last_done = start;
     for _ in 0..w.vcpus {
-        let (i, r, at) = rx.recv_timeout(RUN_LIMIT).map_err(|_| {
-            format!("{mode} mode: the guest did not finish within {RUN_LIMIT:?} (hung vCPU)")
+        let (i, r, at) = rx.recv_timeout(RUN_LIMIT).map_err(|_| Error::Hung {
+            mode,
+            limit: RUN_LIMIT,
         })?;
         let outcome = r.map_err(|e| {
             let detail = read_results(&mem, i as u32)
@@ -538,7 +466,11 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
                     )
                 })
                 .unwrap_or_default();
-            format!("{mode} mode: {e}{detail}")
+            Error::InMode {
+                mode,
+                detail,
+                source: Box::new(e),
+            }
         })?;
         outcomes[i] = Some(outcome);
         last_done = last_done.max(at);
@@ -549,32 +481,29 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
 
     let mut results = Vec::new();
     let mut lateness_cycles = Vec::new();
+    let bad = |what: String| Error::Results { mode, what };
     for cpu in 0..w.vcpus {
         let r = read_results(&mem, cpu)?;
         if r.done != 1 {
-            return Err(format!(
-                "{mode} mode: vCPU {cpu} signalled done without results"
-            ));
+            return Err(bad(format!("vCPU {cpu} signalled done without results")));
         }
         if r.native_switched != u64::from(pvm_native) {
-            return Err(format!(
-                "{mode} mode: vCPU {cpu} did not switch to native execution as told"
-            ));
+            return Err(bad(format!(
+                "vCPU {cpu} did not switch to native execution as told"
+            )));
         }
-        check_registration(mode, cpu, &r, timers.get(cpu as usize), cpu < hostile_vcpus)?;
+        let timer = timers.get(cpu as usize).map(|(t, _)| t);
+        check_registration(spec, cpu, &r, timer, cpu < hostile_vcpus)?;
         let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
         for s in 0..r.samples {
             let v: u64 = mem
                 .read_obj(GuestAddress(base + s * 8))
-                .map_err(|e| format!("{e}"))?;
+                .map_err(Error::memory("reading lateness samples"))?;
             lateness_cycles.push(v);
         }
         results.push(r);
     }
-    let vcpu_counters: Vec<Counters> = timers
-        .iter()
-        .map(|t| t.timer.lock().unwrap().counters())
-        .collect();
+    let vcpu_counters: Vec<Counters> = timers.iter().map(|(t, _)| t.timer_counters()).collect();
     let host_counters = (!vcpu_counters.is_empty()).then(|| vcpu_counters.iter().copied().sum());
     Ok(ModeRun {
         mode,
@@ -592,38 +521,43 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
 }
 
 /// Checks what the guest says it registered against what the host timer
-/// holds: in lazy mode an honest vCPU registered, and the host reports the
-/// same struct through the registration MSR; otherwise nothing registered.
-/// (A hostile vCPU re-registers and disables at will: not checked.)
+/// holds: where the mode's guest registers, an honest vCPU did, and the
+/// host reports the same struct through the registration MSR; otherwise
+/// nothing registered. (A hostile vCPU re-registers and disables at will:
+/// not checked.)
 fn check_registration(
-    mode: Mode,
+    spec: &ModeSpec,
     cpu: u32,
     r: &Results,
-    timer: Option<&Arc<VcpuTimer>>,
+    timer: Option<&Arc<Timer>>,
     hostile: bool,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if hostile {
         return Ok(());
     }
-    let wanted = u64::from(mode == Mode::Lazy);
+    let mode = spec.mode;
+    let wanted = u64::from(spec.registration != Registration::Never);
     if r.lazy_registered != wanted {
-        return Err(format!(
-            "{mode} mode: vCPU {cpu} reports lazy_registered = {}",
-            r.lazy_registered
-        ));
+        return Err(Error::Results {
+            mode,
+            what: format!("vCPU {cpu} reports lazy_registered = {}", r.lazy_registered),
+        });
     }
     if let (1, Some(t)) = (wanted, timer) {
         let host = t
-            .timer
-            .lock()
-            .unwrap()
-            .read_msr(MSR_KVM_LAZY_TSCDEADLINE)
-            .map_err(|e| format!("reading the registration MSR: {e}"))?;
+            .with_timer(|t| t.read_msr(MSR_KVM_LAZY_TSCDEADLINE))
+            .map_err(|e| Error::Results {
+                mode,
+                what: format!("reading the registration MSR: {e}"),
+            })?;
         if host != r.lazy_gpa | 1 {
-            return Err(format!(
-                "{mode} mode: vCPU {cpu} registered its struct at {:#x} but the host holds {host:#x}",
-                r.lazy_gpa
-            ));
+            return Err(Error::Results {
+                mode,
+                what: format!(
+                    "vCPU {cpu} registered its struct at {:#x} but the host holds {host:#x}",
+                    r.lazy_gpa
+                ),
+            });
         }
     }
     Ok(())

@@ -38,8 +38,16 @@ fn masked_lvt_timer_follows_the_sdm_in_every_mode() {
             assert_eq!(fig["got"], fig["want"], "{mode}: {name}: {fig}");
         }
         assert_eq!(checked, 6, "{mode}: figures missing: {m}");
-        // Every round ran on both vCPUs: the rounds are really counted.
-        assert_eq!(m["A: it fires once unmasked"]["want"], 10, "{mode}");
+        // Every round ran on both vCPUs: the rounds are really counted
+        // (less those whose deadline passed before the unmask, a host
+        // delay: no SDM answer).
+        let void_a = m["void_rounds_a"].as_u64().unwrap();
+        assert!(void_a < 5, "{mode}: {void_a} void rounds of 10");
+        assert_eq!(
+            m["A: it fires once unmasked"]["want"].as_u64(),
+            Some(10 - void_a),
+            "{mode}"
+        );
         for v in ["missed", "early", "spurious"] {
             assert_eq!(m[v], 0, "{mode}: {v}");
         }

@@ -312,6 +312,8 @@ fn timers_for(
         let kicker = Arc::new(SignalKicker::new(signal));
         let parts = VcpuTimerParts {
             index: i as u32,
+            // The guest's x2APIC ID is its vCPU index (CPUID leaf 1/0xb).
+            apic_id: i as u32,
             mem: mem.clone(),
             vm: vm.clone(),
             // After `vcpu::configure` set the TSC offset.

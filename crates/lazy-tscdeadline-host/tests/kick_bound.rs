@@ -33,6 +33,9 @@ impl SharedMemory for &RacingGuest {
         self.reads.set(n);
         Some(1000 + u64::from(n))
     }
+    fn write_flags(&self, _: u64, _: u32) -> bool {
+        true
+    }
 }
 
 #[derive(Default)]
@@ -69,7 +72,7 @@ fn a_racing_guest_gets_max_kick_rounds_plus_two_reads() {
         &clock,
         Nop,
         LvtTimer::tsc_deadline(0xec),
-        Config::new().with_lazy_advertised(true),
+        Config::rfc().with_lazy_advertised(true),
     );
     t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
     t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();

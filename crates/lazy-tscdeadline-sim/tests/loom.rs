@@ -35,13 +35,13 @@
 
 #[cfg(loom)]
 use loom::{
-    sync::atomic::{fence, AtomicU64, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
     sync::{Arc, Mutex},
     thread,
 };
 #[cfg(not(loom))]
 use std::{
-    sync::atomic::{fence, AtomicU64, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
     sync::{Arc, Mutex},
     thread,
 };
@@ -66,6 +66,7 @@ const NONE: u64 = u64::MAX;
 struct Fields {
     armed: AtomicU64,
     pending: AtomicU64,
+    flags: AtomicU32,
 }
 
 /// The host's view of guest memory: only the registered struct exists.
@@ -84,6 +85,10 @@ impl SharedMemory for HostMem {
     fn load_pending(&self, _gpa: u64) -> Option<u64> {
         Some(self.0.pending.load(Ordering::Relaxed))
     }
+    fn write_flags(&self, _gpa: u64, flags: u32) -> bool {
+        self.0.flags.store(flags, Ordering::Relaxed);
+        true
+    }
 }
 
 /// The guest's view of the same struct.
@@ -98,6 +103,12 @@ impl SharedFields for GuestView {
     }
     fn load_armed(&self) -> u64 {
         self.0.armed.load(Ordering::Relaxed)
+    }
+    fn store_flags(&self, flags: u32) {
+        self.0.flags.store(flags, Ordering::Relaxed);
+    }
+    fn load_flags(&self) -> u32 {
+        self.0.flags.load(Ordering::Relaxed)
     }
 }
 
@@ -339,7 +350,7 @@ fn scenario(timer_rounds: usize, guest: fn(&mut Guest)) {
         clock.clone(),
         irqs,
         lvt,
-        Config::new().with_lazy_advertised(true),
+        Config::rfc().with_lazy_advertised(true),
     );
     let timer = Arc::new(Mutex::new(t));
 

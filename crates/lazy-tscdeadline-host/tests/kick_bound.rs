@@ -6,17 +6,20 @@ use std::convert::Infallible;
 
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
 use lazy_tscdeadline_host::{
-    Config, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, SharedMemory,
-    TscDeadlineTimer, MAX_KICK_ROUNDS,
+    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer,
+    SharedMemory, TscDeadlineTimer, MAX_KICK_ROUNDS,
 };
 
 /// A registered struct whose `pending` the guest changes before every read
-/// (always a later deadline), counting the host's accesses.
+/// (always a later deadline; with `alternate`, a deadline 1000 + n for the
+/// n-th read when n is even, 9000 + n when odd), counting the host's
+/// accesses.
 #[derive(Default)]
 struct RacingGuest {
     reads: Cell<u32>,
     publishes: Cell<u32>,
     last_armed: Cell<u64>,
+    alternate: bool,
 }
 
 impl SharedMemory for &RacingGuest {
@@ -31,7 +34,8 @@ impl SharedMemory for &RacingGuest {
     fn load_pending(&self, _: u64) -> Option<u64> {
         let n = self.reads.get() + 1;
         self.reads.set(n);
-        Some(1000 + u64::from(n))
+        let far = if self.alternate && n % 2 == 1 { 8000 } else { 0 };
+        Some(1000 + far + u64::from(n))
     }
     fn write_flags(&self, _: u64, _: u32) -> bool {
         true
@@ -93,4 +97,43 @@ fn a_racing_guest_gets_max_kick_rounds_plus_two_reads() {
     assert_eq!(outcome, KickOutcome::Rearmed(1006));
     assert_eq!(guest.last_armed.get(), 0);
     assert!(!t.is_published());
+}
+
+/// With a grace policy, a guest that alternates between a due and a future
+/// deadline before every read defeats the grace period's repeated
+/// publication too: the same bound holds, and the fallback settles
+/// unpublished and without a grace period (a grace period is only ever
+/// published behind a re-check of `pending`).
+#[test]
+fn the_bound_holds_with_grace_and_the_fallback_publishes_no_grace_period() {
+    let guest = RacingGuest {
+        alternate: true,
+        ..RacingGuest::default()
+    };
+    let clock = Clock::default();
+    let mut t = TscDeadlineTimer::new(
+        &guest,
+        Nop,
+        &clock,
+        Nop,
+        LvtTimer::tsc_deadline(0xec),
+        Config::new()
+            .with_lazy_advertised(true)
+            .with_grace(GracePolicy::Fixed(100)),
+    );
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
+    clock.0.set(5000);
+    let (reads, publishes) = (guest.reads.get(), guest.publishes.get());
+    let outcome = t.kick().unwrap();
+    assert_eq!(guest.reads.get() - reads, MAX_KICK_ROUNDS + 2);
+    assert_eq!(guest.publishes.get() - publishes, MAX_KICK_ROUNDS + 1);
+    assert_eq!(t.counters().kick_fallbacks, 1);
+    // The last read (the sixth) is due: delivered, nothing armed or
+    // published, no grace period.
+    assert_eq!(outcome, KickOutcome::Injected);
+    assert_eq!(guest.last_armed.get(), 0);
+    assert!(!t.is_published());
+    assert_eq!((t.deadline(), t.grace_deadline(), t.timer_deadline()), (0, 0, 0));
+    assert_eq!(t.counters().grace_arms, 0);
 }

@@ -155,9 +155,10 @@ pub enum KickOutcome {
 /// How a KICK of a published deadline settled with the guest's `pending`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settled {
-    /// Due (or the struct became inaccessible): deliver; nothing armed but,
-    /// possibly, a grace period.
-    Due,
+    /// Due (or the struct became inaccessible): deliver; nothing armed.
+    /// `Some(p)`: decided on `pending == p` with `armed = 0` published and
+    /// re-checked, so a grace period may follow the delivery.
+    Due(Option<u64>),
     /// Re-armed for a later deadline.
     Rearmed(u64),
     /// The guest cancelled, or a grace period found nothing new: nothing
@@ -769,11 +770,15 @@ where
             self.counters.grace_hits += 1;
         }
         match settled {
-            Settled::Due => {
-                if self.grace.deadline != 0 {
-                    self.counters.grace_arms += 1;
+            Settled::Due(decided) => {
+                // Deliver first, with `armed = 0` published: a guest write
+                // racing this kick traps and waits for it. Only then begin
+                // the grace period.
+                let outcome = self.fire();
+                if let Some(delivered) = decided {
+                    self.begin_grace_running(delivered, now);
                 }
-                self.fire()
+                outcome
             }
             Settled::Rearmed(next) => {
                 self.counters.rearms += 1;
@@ -829,7 +834,7 @@ where
         let nothing_known = if stale.is_some() {
             Settled::Cancelled
         } else {
-            Settled::Due
+            Settled::Due(None)
         };
         let Some(area) = self.area else {
             self.disarm_timer();
@@ -843,9 +848,8 @@ where
         };
         let mut last_published = None;
         for _ in 0..MAX_KICK_ROUNDS {
-            let (next, settled) = self.plan(pending, now, stale, true);
-            // (Also records a new stale value for the same grace deadline.)
-            self.set_armed(next, settled, pending, now);
+            let (next, settled) = self.plan(pending, now, stale);
+            self.set_armed(next, settled);
             if last_published == Some(next) {
                 // Nothing new to publish: the last re-check stands.
                 return settled;
@@ -865,62 +869,112 @@ where
         // `pending` kept moving: publish 0 so that every later guest write
         // traps, then one more read sees the last write that did not.
         self.counters.kick_fallbacks += 1;
-        self.set_armed(0, Settled::Cancelled, 0, now);
+        self.publish_zero_and_settle_unpublished(area, now, stale, nothing_known)
+    }
+
+    /// The bounded way out of a `pending` that keeps moving: publish 0 so
+    /// that every later guest write traps, then act, unpublished, on one
+    /// more read, which sees the last write that did not trap.
+    fn publish_zero_and_settle_unpublished(
+        &mut self,
+        area: SharedArea,
+        now: u64,
+        stale: Option<u64>,
+        nothing_known: Settled,
+    ) -> Settled {
+        self.set_armed(0, Settled::Cancelled);
         if !area.publish_armed(&self.mem, 0) {
             return self.memory_fault(Settled::Cancelled);
         }
         let Some(last) = area.load_pending(&self.mem) else {
             return self.memory_fault(nothing_known);
         };
-        let (next, settled) = self.plan(last, now, stale, false);
-        self.set_armed(next, settled, last, now);
+        let (next, settled) = match self.plan(last, now, stale) {
+            // Unpublished: no grace period may follow.
+            (next, Settled::Due(_)) => (next, Settled::Due(None)),
+            other => other,
+        };
+        self.set_armed(next, settled);
         self.published = false;
         settled
+    }
+
+    /// After a kick delivered the deadline `delivered` (with `armed = 0`
+    /// published and re-checked), begins a grace period while the guest
+    /// may be running: publishes `armed = now + G`, fences, and reads
+    /// `pending` again. If it still holds `delivered`, or 0, the grace
+    /// period stands. Otherwise the guest wrote a deadline since the
+    /// delivery decision (having seen `armed` 0, or the grace deadline):
+    /// the grace period is given up with the bounded fallback (publish 0,
+    /// read once more, act unpublished), so that the new deadline is
+    /// neither lost nor delivered twice.
+    fn begin_grace_running(&mut self, delivered: u64, now: u64) {
+        let grace = self.grace_target(now);
+        let Some(area) = self.area else {
+            return;
+        };
+        if grace == 0 {
+            return;
+        }
+        self.arm_timer(grace);
+        self.grace = GraceState {
+            deadline: grace,
+            stale: delivered,
+            started: now,
+            ..self.grace
+        };
+        self.published = true;
+        if !area.publish_armed(&self.mem, grace) {
+            self.memory_fault(Settled::Cancelled);
+            return;
+        }
+        let Some(again) = area.load_pending(&self.mem) else {
+            self.memory_fault(Settled::Cancelled);
+            return;
+        };
+        if again == delivered || again == 0 {
+            self.counters.grace_arms += 1;
+            return;
+        }
+        // A due value here was written after the delivery decision and
+        // traps (it is below both 0-armed and the grace deadline): its
+        // UPDATE delivers it. Only a later one is re-armed, unpublished.
+        // (Nothing is armed for it: `plan` publishes 0 for a due value.)
+        let settled =
+            self.publish_zero_and_settle_unpublished(area, now, Some(delivered), Settled::Cancelled);
+        if let Settled::Rearmed(_) = settled {
+            self.counters.rearms += 1;
+        }
     }
 
     /// What a kick at `now` publishes for `pending`, and the outcome:
     /// - 0 or `stale` (nothing new): publish 0, [`Settled::Cancelled`];
     /// - in the future: publish it, [`Settled::Rearmed`];
-    /// - due: publish a grace deadline (if `grace` and the policy has one)
-    ///   or 0, [`Settled::Due`].
-    fn plan(&self, pending: u64, now: u64, stale: Option<u64>, grace: bool) -> (u64, Settled) {
+    /// - due: publish 0, [`Settled::Due`].
+    fn plan(&self, pending: u64, now: u64, stale: Option<u64>) -> (u64, Settled) {
         if pending == 0 || stale == Some(pending) {
             (0, Settled::Cancelled)
         } else if pending > now {
             (pending, Settled::Rearmed(pending))
-        } else if grace {
-            (self.grace_target(now), Settled::Due)
         } else {
-            (0, Settled::Due)
+            (0, Settled::Due(Some(pending)))
         }
     }
 
     /// Arms (or disarms, for 0) the host timer for `next`, planned by
-    /// [`plan`](Self::plan) for `pending`, and records it as the deadline
-    /// (re-armed), the grace deadline (due, with a grace period whose
-    /// stale value is `pending`), or nothing, and as published.
-    fn set_armed(&mut self, next: u64, settled: Settled, pending: u64, now: u64) {
+    /// [`plan`](Self::plan), and records it as the deadline (re-armed) or
+    /// nothing (no grace period either), and as published.
+    fn set_armed(&mut self, next: u64, settled: Settled) {
         if next == 0 {
             self.disarm_timer();
         } else {
             self.arm_timer(next);
         }
-        match settled {
-            Settled::Rearmed(_) => {
-                self.deadline = next;
-                self.grace.deadline = 0;
-            }
-            Settled::Due if next != 0 => {
-                self.deadline = 0;
-                self.grace.deadline = next;
-                self.grace.stale = pending;
-                self.grace.started = now;
-            }
-            _ => {
-                self.deadline = 0;
-                self.grace.deadline = 0;
-            }
-        }
+        self.deadline = match settled {
+            Settled::Rearmed(_) => next,
+            _ => 0,
+        };
+        self.grace.deadline = 0;
         self.published = next != 0;
     }
 
@@ -939,7 +993,11 @@ where
         }
         self.disarm_timer();
         self.deadline = 0;
-        decision
+        match decision {
+            // Nothing published: no grace period may follow.
+            Settled::Due(_) => Settled::Due(None),
+            d => d,
+        }
     }
 
     /// The deadline expired (it is already disarmed): deliver the

@@ -20,6 +20,9 @@ struct RacingGuest {
     publishes: Cell<u32>,
     last_armed: Cell<u64>,
     alternate: bool,
+    /// If not empty: the n-th read returns `script[n - 1]` (the last entry
+    /// once past the end).
+    script: Vec<u64>,
 }
 
 impl SharedMemory for &RacingGuest {
@@ -34,6 +37,9 @@ impl SharedMemory for &RacingGuest {
     fn load_pending(&self, _: u64) -> Option<u64> {
         let n = self.reads.get() + 1;
         self.reads.set(n);
+        if let Some(last) = self.script.last() {
+            return Some(*self.script.get(n as usize - 1).unwrap_or(last));
+        }
         let far = if self.alternate && n % 2 == 1 { 8000 } else { 0 };
         Some(1000 + far + u64::from(n))
     }
@@ -136,4 +142,40 @@ fn the_bound_holds_with_grace_and_the_fallback_publishes_no_grace_period() {
     assert!(!t.is_published());
     assert_eq!((t.deadline(), t.grace_deadline(), t.timer_deadline()), (0, 0, 0));
     assert_eq!(t.counters().grace_arms, 0);
+}
+
+/// Worst case of a delivering kick with grace: settled on a due deadline
+/// (read, publish 0, re-read), delivered, then the grace publication's
+/// re-read finds a new deadline the guest wrote meanwhile: the grace period
+/// is given up (publish 0, one more read) and the new deadline is armed,
+/// unpublished. `MAX_KICK_ROUNDS + 3` reads is the bound of
+/// `docs/PROTOCOL.md`; here the deadline settled in the first round.
+#[test]
+fn a_guest_write_during_the_grace_publication_gives_the_grace_period_up() {
+    let guest = RacingGuest {
+        script: vec![1001, 1001, 9000, 9100],
+        ..RacingGuest::default()
+    };
+    let clock = Clock::default();
+    let mut t = TscDeadlineTimer::new(
+        &guest,
+        Nop,
+        &clock,
+        Nop,
+        LvtTimer::tsc_deadline(0xec),
+        Config::new().with_lazy_advertised(true).with_grace(GracePolicy::Fixed(100)),
+    );
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
+    clock.0.set(5000);
+    let publishes = guest.publishes.get();
+    assert_eq!(t.kick().unwrap(), KickOutcome::Injected);
+    assert_eq!(guest.reads.get(), 4);
+    // armed = 0 (delivery), the grace deadline, 0 (given up).
+    assert_eq!(guest.publishes.get() - publishes, 3);
+    assert_eq!(guest.last_armed.get(), 0);
+    assert!(!t.is_published());
+    assert_eq!((t.deadline(), t.grace_deadline()), (9100, 0));
+    assert_eq!(t.counters().grace_arms, 0);
+    assert_eq!(t.counters().injections, 1);
 }

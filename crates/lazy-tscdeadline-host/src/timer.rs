@@ -14,7 +14,8 @@ use lazy_tscdeadline_abi::{
 /// after this many rounds the kick publishes `armed = 0`, which settles in
 /// one more read. So one kick reads `pending` at most
 /// `MAX_KICK_ROUNDS + 2` times and stores `armed` at most
-/// `MAX_KICK_ROUNDS + 1` times (see `docs/PROTOCOL.md`).
+/// `MAX_KICK_ROUNDS + 1` times (see `docs/PROTOCOL.md`). The rounds that
+/// begin a grace period after a delivery come out of the same budget.
 pub const MAX_KICK_ROUNDS: u32 = 4;
 
 /// The MSRs a [`TscDeadlineTimer`] emulates: `IA32_TSC_DEADLINE` and
@@ -163,7 +164,36 @@ enum Settled {
     Rearmed(u64),
     /// The guest cancelled, or a grace period found nothing new: nothing
     /// armed, nothing delivered.
-    Cancelled,
+    Cancelled,    /// After a delivery: the grace period stands (published).
+    Grace,
+}
+
+/// What a round of KICK is settling.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// The expiry of a published deadline or grace deadline; in a grace
+    /// period, `stale` is the value of `pending` that is nothing new.
+    Expiry { stale: Option<u64> },
+    /// Beginning the grace period `grace` after delivering `delivered`.
+    Grace { delivered: u64, grace: u64 },
+}
+
+impl Phase {
+    /// The outcome when `pending` cannot be read at all.
+    fn nothing_known(self) -> Settled {
+        match self {
+            Phase::Expiry { stale: None } => Settled::Due(None),
+            _ => Settled::Cancelled,
+        }
+    }
+
+    /// The stale value of a grace period begun in this phase.
+    fn delivered(self) -> u64 {
+        match self {
+            Phase::Grace { delivered, .. } => delivered,
+            Phase::Expiry { .. } => 0,
+        }
+    }
 }
 
 /// One vCPU's LAPIC TSC-deadline timer with the lazy extension.
@@ -765,18 +795,28 @@ where
         // In a grace period, `pending` equal to the deadline delivered (or
         // cancelled) before it is nothing new.
         let stale = in_grace.then_some(self.grace.stale);
-        let settled = self.settle_pending(now, stale);
+        let Some(area) = self.area else {
+            // (Published implies registered; stay total anyway.)
+            self.set_armed(0, Settled::Cancelled, 0, now);
+            return if in_grace {
+                KickOutcome::GraceEnded
+            } else {
+                self.fire()
+            };
+        };
+        let mut rounds = MAX_KICK_ROUNDS;
+        let settled = self.settle(area, now, Phase::Expiry { stale }, &mut rounds);
         if in_grace && settled != Settled::Cancelled {
             self.counters.grace_hits += 1;
         }
         match settled {
             Settled::Due(decided) => {
-                // Deliver first, with `armed = 0` published: a guest write
-                // racing this kick traps and waits for it. Only then begin
-                // the grace period.
+                // Deliver first, with `armed = 0` published and re-checked:
+                // a guest write racing this kick traps and waits for it.
+                // Only then begin the grace period, with the rounds left.
                 let outcome = self.fire();
                 if let Some(delivered) = decided {
-                    self.begin_grace_running(delivered, now);
+                    self.begin_grace_running(area, delivered, now, &mut rounds);
                 }
                 outcome
             }
@@ -784,11 +824,11 @@ where
                 self.counters.rearms += 1;
                 KickOutcome::Rearmed(next)
             }
-            Settled::Cancelled if in_grace => {
+            Settled::Cancelled | Settled::Grace if in_grace => {
                 self.grace.missed = true;
                 KickOutcome::GraceEnded
             }
-            Settled::Cancelled => {
+            Settled::Cancelled | Settled::Grace => {
                 self.counters.kick_cancels += 1;
                 KickOutcome::Cancelled
             }
@@ -825,35 +865,32 @@ where
         }
     }
 
-    /// The KICK of a published deadline (or grace deadline): reads
-    /// `pending`, publishes the outcome, and re-reads `pending` after the
-    /// fence until it is stable. `stale` (in a grace period) is the value of
-    /// `pending` that is nothing new. Leaves `deadline`/grace/`published`/
-    /// timer consistent; the caller delivers.
-    fn settle_pending(&mut self, now: u64, stale: Option<u64>) -> Settled {
-        let nothing_known = if stale.is_some() {
-            Settled::Cancelled
-        } else {
-            Settled::Due(None)
-        };
-        let Some(area) = self.area else {
-            self.disarm_timer();
-            self.deadline = 0;
-            self.grace.deadline = 0;
-            self.published = false;
-            return nothing_known;
-        };
-        let Some(mut pending) = area.load_pending(&self.mem) else {
-            return self.memory_fault(nothing_known);
+    /// KICK's rounds (section 4.1 of `docs/PROTOCOL.md`): reads `pending`
+    /// (in the [`Phase::Grace`] phase, starts from the delivered value
+    /// instead), publishes what [`plan`](Self::plan) makes of it, and
+    /// re-reads `pending` after the fence until it is stable, using at most
+    /// `rounds` publications (shared by the two phases of one kick). If
+    /// `pending` is still moving then, falls back: publishes 0 so that every
+    /// later guest write traps and acts, unpublished, on one more read.
+    /// Leaves `deadline`/grace/`published`/timer consistent; the caller
+    /// delivers.
+    fn settle(&mut self, area: SharedArea, now: u64, phase: Phase, rounds: &mut u32) -> Settled {
+        let mut pending = match phase {
+            Phase::Expiry { .. } => match area.load_pending(&self.mem) {
+                Some(p) => p,
+                None => return self.memory_fault(phase.nothing_known()),
+            },
+            Phase::Grace { delivered, .. } => delivered,
         };
         let mut last_published = None;
-        for _ in 0..MAX_KICK_ROUNDS {
-            let (next, settled) = self.plan(pending, now, stale);
-            self.set_armed(next, settled);
+        while *rounds > 0 {
+            let (next, settled) = self.plan(pending, now, phase);
+            self.set_armed(next, settled, phase.delivered(), now);
             if last_published == Some(next) {
                 // Nothing new to publish: the last re-check stands.
                 return settled;
             }
+            *rounds -= 1;
             if !area.publish_armed(&self.mem, next) {
                 return self.memory_fault(settled);
             }
@@ -866,115 +903,103 @@ where
             }
             pending = again;
         }
+        if last_published.is_none() {
+            // No round left for a grace period to begin: none.
+            return Settled::Cancelled;
+        }
         // `pending` kept moving: publish 0 so that every later guest write
         // traps, then one more read sees the last write that did not.
         self.counters.kick_fallbacks += 1;
-        self.publish_zero_and_settle_unpublished(area, now, stale, nothing_known)
-    }
-
-    /// The bounded way out of a `pending` that keeps moving: publish 0 so
-    /// that every later guest write traps, then act, unpublished, on one
-    /// more read, which sees the last write that did not trap.
-    fn publish_zero_and_settle_unpublished(
-        &mut self,
-        area: SharedArea,
-        now: u64,
-        stale: Option<u64>,
-        nothing_known: Settled,
-    ) -> Settled {
-        self.set_armed(0, Settled::Cancelled);
+        self.set_armed(0, Settled::Cancelled, 0, now);
         if !area.publish_armed(&self.mem, 0) {
             return self.memory_fault(Settled::Cancelled);
         }
         let Some(last) = area.load_pending(&self.mem) else {
-            return self.memory_fault(nothing_known);
+            return self.memory_fault(phase.nothing_known());
         };
-        let (next, settled) = match self.plan(last, now, stale) {
-            // Unpublished: no grace period may follow.
-            (next, Settled::Due(_)) => (next, Settled::Due(None)),
+        let (next, settled) = match self.plan(last, now, phase) {
+            // Unpublished: no grace period may follow, nor stand.
+            (_, Settled::Due(_)) => (0, Settled::Due(None)),
+            (_, Settled::Grace) => (0, Settled::Cancelled),
             other => other,
         };
-        self.set_armed(next, settled);
+        self.set_armed(next, settled, 0, now);
         self.published = false;
         settled
     }
 
-    /// After a kick delivered the deadline `delivered` (with `armed = 0`
-    /// published and re-checked), begins a grace period while the guest
-    /// may be running: publishes `armed = now + G`, fences, and reads
-    /// `pending` again. If it still holds `delivered`, or 0, the grace
-    /// period stands. Otherwise the guest wrote a deadline since the
-    /// delivery decision (having seen `armed` 0, or the grace deadline):
-    /// the grace period is given up with the bounded fallback (publish 0,
-    /// read once more, act unpublished), so that the new deadline is
-    /// neither lost nor delivered twice.
-    fn begin_grace_running(&mut self, delivered: u64, now: u64) {
+    /// After a kick delivered the deadline `delivered` (decided with
+    /// `armed = 0` published and re-checked), begins a grace period while
+    /// the guest may be running, through the same rounds: publishes
+    /// `armed = now + G` (with `stale = delivered`), fences and re-reads
+    /// `pending`; a deadline the guest wrote since (having seen `armed` 0,
+    /// or the grace deadline) is re-armed as by any kick.
+    fn begin_grace_running(&mut self, area: SharedArea, delivered: u64, now: u64, rounds: &mut u32) {
         let grace = self.grace_target(now);
-        let Some(area) = self.area else {
-            return;
-        };
         if grace == 0 {
             return;
         }
-        self.arm_timer(grace);
-        self.grace = GraceState {
-            deadline: grace,
-            stale: delivered,
-            started: now,
-            ..self.grace
-        };
-        self.published = true;
-        if !area.publish_armed(&self.mem, grace) {
-            self.memory_fault(Settled::Cancelled);
-            return;
-        }
-        let Some(again) = area.load_pending(&self.mem) else {
-            self.memory_fault(Settled::Cancelled);
-            return;
-        };
-        if again == delivered || again == 0 {
-            self.counters.grace_arms += 1;
-            return;
-        }
-        // A due value here was written after the delivery decision and
-        // traps (it is below both 0-armed and the grace deadline): its
-        // UPDATE delivers it. Only a later one is re-armed, unpublished.
-        // (Nothing is armed for it: `plan` publishes 0 for a due value.)
-        let settled =
-            self.publish_zero_and_settle_unpublished(area, now, Some(delivered), Settled::Cancelled);
-        if let Settled::Rearmed(_) = settled {
-            self.counters.rearms += 1;
+        match self.settle(area, now, Phase::Grace { delivered, grace }, rounds) {
+            Settled::Grace => self.counters.grace_arms += 1,
+            Settled::Rearmed(_) => self.counters.rearms += 1,
+            _ => {}
         }
     }
 
-    /// What a kick at `now` publishes for `pending`, and the outcome:
+    /// What a kick at `now` publishes for `pending`, and the outcome.
+    ///
+    /// At an expiry ([`Phase::Expiry`]):
     /// - 0 or `stale` (nothing new): publish 0, [`Settled::Cancelled`];
     /// - in the future: publish it, [`Settled::Rearmed`];
     /// - due: publish 0, [`Settled::Due`].
-    fn plan(&self, pending: u64, now: u64, stale: Option<u64>) -> (u64, Settled) {
-        if pending == 0 || stale == Some(pending) {
-            (0, Settled::Cancelled)
-        } else if pending > now {
-            (pending, Settled::Rearmed(pending))
-        } else {
-            (0, Settled::Due(Some(pending)))
+    ///
+    /// After a delivery ([`Phase::Grace`]):
+    /// - in the future (a deadline the guest wrote since): publish it,
+    ///   [`Settled::Rearmed`];
+    /// - anything else (the delivered value, 0, or a due value, whose write
+    ///   traps, being below both `armed` values it can have seen): publish
+    ///   the grace deadline, [`Settled::Grace`].
+    fn plan(&self, pending: u64, now: u64, phase: Phase) -> (u64, Settled) {
+        match phase {
+            Phase::Expiry { stale } => {
+                if pending == 0 || stale == Some(pending) {
+                    (0, Settled::Cancelled)
+                } else if pending > now {
+                    (pending, Settled::Rearmed(pending))
+                } else {
+                    (0, Settled::Due(Some(pending)))
+                }
+            }
+            Phase::Grace { grace, .. } => {
+                if pending > now {
+                    (pending, Settled::Rearmed(pending))
+                } else {
+                    (grace, Settled::Grace)
+                }
+            }
         }
     }
 
     /// Arms (or disarms, for 0) the host timer for `next`, planned by
-    /// [`plan`](Self::plan), and records it as the deadline (re-armed) or
-    /// nothing (no grace period either), and as published.
-    fn set_armed(&mut self, next: u64, settled: Settled) {
+    /// [`plan`](Self::plan), and records it as the deadline (re-armed), as
+    /// the grace deadline (with `stale`), or nothing, and as published.
+    fn set_armed(&mut self, next: u64, settled: Settled, stale: u64, now: u64) {
         if next == 0 {
             self.disarm_timer();
         } else {
             self.arm_timer(next);
         }
-        self.deadline = match settled {
-            Settled::Rearmed(_) => next,
-            _ => 0,
-        };
+        self.deadline = 0;
         self.grace.deadline = 0;
+        match settled {
+            Settled::Rearmed(_) => self.deadline = next,
+            Settled::Grace if next != 0 => {
+                self.grace.deadline = next;
+                self.grace.stale = stale;
+                self.grace.started = now;
+            }
+            _ => {}
+        }
         self.published = next != 0;
     }
 
@@ -994,8 +1019,9 @@ where
         self.disarm_timer();
         self.deadline = 0;
         match decision {
-            // Nothing published: no grace period may follow.
+            // Nothing published: no grace period may follow, nor stand.
             Settled::Due(_) => Settled::Due(None),
+            Settled::Grace => Settled::Cancelled,
             d => d,
         }
     }

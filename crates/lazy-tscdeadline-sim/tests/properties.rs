@@ -331,3 +331,49 @@ fn grace_and_exitless_cancel_remove_the_traps_they_should() {
     });
     assert!(adaptive.host_trapped_writes <= 1 + 2 + 5, "{}", adaptive.host_trapped_writes);
 }
+
+/// Hostile guests against the new mechanisms, spelled out: a guest that
+/// sets the exitless-cancel bit in `flags` itself on a host that does not
+/// offer it, then cancels by storing `pending = 0` without trapping; one
+/// that scribbles `flags` and `pending` during a grace period; one that
+/// stores the delivered value again without trapping. No panic, bounded
+/// work, only `armed` written (checked after every step by
+/// `run_hostile_with`), and the host delivers nothing it should not: a
+/// silent cancel just cancels (this host treats `pending == 0` at an
+/// expiry as a cancel whatever it offered), and a stale value found by a
+/// grace expiry is nothing new.
+#[test]
+fn hostile_flags_and_silent_pending_stores() {
+    for policy in Policy::all() {
+        let ops = [
+            Op::LvtDeadline,
+            Op::Register,
+            Op::Scribble {
+                offset: 16,
+                value: u64::MAX,
+            },
+            Op::WriteIn(100),
+            Op::StorePendingOnly(0),
+            Op::Advance(1_000),
+        ];
+        let (out, vcpu) = Scenario::run_hostile_with(policy, &ops).unwrap();
+        assert!(out.interrupts.is_empty(), "{policy:?}: {:?}", out.interrupts);
+        assert_eq!(vcpu.host().deadline(), 0);
+        let ops = [
+            Op::LvtDeadline,
+            Op::Register,
+            Op::WriteIn(100),
+            Op::Advance(100),
+            // A grace period (if any) is running: pending still holds the
+            // delivered deadline; scribble flags, store it again silently.
+            Op::Scribble {
+                offset: 16,
+                value: 1,
+            },
+            Op::StorePendingOnly(100),
+            Op::Advance(1_000_000_000),
+        ];
+        let (out, _) = Scenario::run_hostile_with(policy, &ops).unwrap();
+        assert_eq!(out.interrupts.len(), 1, "{policy:?}: {:?}", out.interrupts);
+    }
+}

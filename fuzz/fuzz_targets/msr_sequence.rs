@@ -10,8 +10,8 @@
 
 use arbitrary::Arbitrary;
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
-use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
 use lazy_tscdeadline_fuzz::FuzzPolicy;
+use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
 use lazy_tscdeadline_sim::{Scenario, SimVcpu};
 use libfuzzer_sys::fuzz_target;
 

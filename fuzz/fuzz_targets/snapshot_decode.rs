@@ -35,7 +35,11 @@ fn restore(state: &TimerState, now: u64) {
     assert_eq!(t.is_paused(), t.deadline() != 0);
     if let Some(gpa) = t.registration().gpa() {
         let armed: u64 = mem.read_obj(GuestAddress(gpa + ARMED_OFFSET)).unwrap();
-        let want = if t.is_published() { t.timer_deadline() } else { 0 };
+        let want = if t.is_published() {
+            t.timer_deadline()
+        } else {
+            0
+        };
         assert_eq!(armed, want, "armed rewritten from the host's copy");
     }
     t.resume().unwrap();
@@ -58,7 +62,17 @@ fn restore(state: &TimerState, now: u64) {
     }
 }
 
-fuzz_target!(|input: (&[u8], u32, u64, bool, u64, bool, u64, FuzzPolicy, (u64, u64, u64))| {
+fuzz_target!(|input: (
+    &[u8],
+    u32,
+    u64,
+    bool,
+    u64,
+    bool,
+    u64,
+    FuzzPolicy,
+    (u64, u64, u64)
+)| {
     let (bytes, lvt_timer, deadline, published, registration, lazy_advertised, now, policy, grace) =
         input;
     if let Ok(snapshot) = serde_json::from_slice::<TimerSnapshot>(bytes) {

@@ -334,12 +334,17 @@ mod tests {
             // Garbage left in `flags` by earlier use of the memory: zeroed
             // before registering, so a host that writes nothing offers nothing.
             cells.flags.set(u32::MAX);
-            let mut s = DeadlineSetter::new(Offering(&cells, offered, 0)).with_exitless_cancel(honour);
+            let mut s =
+                DeadlineSetter::new(Offering(&cells, offered, 0)).with_exitless_cancel(honour);
             s.register(&cells, 0x40).unwrap();
             let on = offered & 1 != 0 && honour;
             assert_eq!(s.exitless_cancel(), on);
             cells.armed.set(100);
-            let want = if on { WriteOutcome::Deferred } else { WriteOutcome::Trapped };
+            let want = if on {
+                WriteOutcome::Deferred
+            } else {
+                WriteOutcome::Trapped
+            };
             assert_eq!(s.set_next_deadline(0), want);
             assert_eq!(cells.pending.get(), 0);
             assert_eq!(s.stats().exitless_cancels, u64::from(on));

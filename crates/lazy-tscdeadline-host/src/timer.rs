@@ -164,7 +164,8 @@ enum Settled {
     Rearmed(u64),
     /// The guest cancelled, or a grace period found nothing new: nothing
     /// armed, nothing delivered.
-    Cancelled,    /// After a delivery: the grace period stands (published).
+    Cancelled,
+    /// After a delivery: the grace period stands (published).
     Grace,
 }
 
@@ -367,14 +368,12 @@ where
             ));
         }
         let grace = state.grace.deadline;
-        if state.published && ((state.deadline == 0 && grace == 0) || !registration.is_enabled())
-        {
+        if state.published && ((state.deadline == 0 && grace == 0) || !registration.is_enabled()) {
             return Err(StateError::Invalid(
                 "published without a deadline or registration",
             ));
         }
-        if grace != 0 && (state.deadline != 0 || !state.published || !state.grace_policy.is_on())
-        {
+        if grace != 0 && (state.deadline != 0 || !state.published || !state.grace_policy.is_on()) {
             return Err(StateError::Invalid(
                 "grace period with a deadline, unpublished or without a grace policy",
             ));
@@ -934,7 +933,13 @@ where
     /// `armed = now + G` (with `stale = delivered`), fences and re-reads
     /// `pending`; a deadline the guest wrote since (having seen `armed` 0,
     /// or the grace deadline) is re-armed as by any kick.
-    fn begin_grace_running(&mut self, area: SharedArea, delivered: u64, now: u64, rounds: &mut u32) {
+    fn begin_grace_running(
+        &mut self,
+        area: SharedArea,
+        delivered: u64,
+        now: u64,
+        rounds: &mut u32,
+    ) {
         let grace = self.grace_target(now);
         if grace == 0 {
             return;

@@ -11,8 +11,8 @@ use lazy_tscdeadline_abi::{
     LAZY_FLAG_EXITLESS_CANCEL, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE,
 };
 use lazy_tscdeadline_host::{
-    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer,
-    StateError, TimerState, TscDeadlineTimer,
+    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, StateError,
+    TimerState, TscDeadlineTimer,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -111,7 +111,11 @@ impl Rig {
     fn assert_armed(&self, want: u64) {
         assert_eq!(self.armed(), want, "armed in memory");
         assert_eq!(self.t.armed(), want, "host copy");
-        assert_eq!(self.timer.0.get(), (want != 0).then_some(want), "host timer");
+        assert_eq!(
+            self.timer.0.get(),
+            (want != 0).then_some(want),
+            "host timer"
+        );
     }
 }
 
@@ -124,7 +128,11 @@ fn delivery_begins_a_grace_period_that_ends_when_pending_has_nothing_new() {
     // armed = now + G, the host timer there, no guest deadline.
     r.assert_armed(1000 + G);
     assert_eq!((r.t.deadline(), r.t.grace_deadline()), (0, 1000 + G));
-    assert_eq!(r.t.read_msr(MSR_IA32_TSC_DEADLINE), Ok(0), "fired: RDMSR reads 0");
+    assert_eq!(
+        r.t.read_msr(MSR_IA32_TSC_DEADLINE),
+        Ok(0),
+        "fired: RDMSR reads 0"
+    );
     assert_eq!(r.t.counters().grace_arms, 1);
     // pending still holds the delivered deadline: nothing new, no second
     // interrupt although 1000 is long past.
@@ -269,8 +277,12 @@ fn exitless_cancel_is_offered_in_flags_and_a_zero_pending_cancels() {
     // Re-registration elsewhere writes the new struct's flags only.
     r.t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
     let mut r = Rig::new(Config::new().with_grace(GracePolicy::Off));
-    r.mem.write_obj(0xffff_ffffu32, GuestAddress(0x2010)).unwrap();
-    r.mem.write_obj(0xffff_ffffu32, GuestAddress(GPA + 16)).unwrap();
+    r.mem
+        .write_obj(0xffff_ffffu32, GuestAddress(0x2010))
+        .unwrap();
+    r.mem
+        .write_obj(0xffff_ffffu32, GuestAddress(GPA + 16))
+        .unwrap();
     r.t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x2001).unwrap();
     assert_eq!(r.mem.read_obj::<u32>(GuestAddress(0x2010)).unwrap(), 1);
     assert_eq!(r.flags(), 0xffff_ffff, "the old struct's flags untouched");
@@ -358,7 +370,6 @@ fn grace_state_survives_a_snapshot_and_is_validated() {
     // pending still 1000: nothing new after the restore either.
     assert_eq!(t.kick().unwrap(), KickOutcome::GraceEnded);
     assert_eq!(r.fired(), [1000]);
-
 }
 
 #[test]
@@ -370,8 +381,14 @@ fn inconsistent_grace_states_are_refused() {
     let bad = |f: fn(&mut TimerState)| {
         let mut s = state;
         f(&mut s);
-        Host::from_state(r.mem.clone(), Timer::default(), r.clock.clone(), r.irq.clone(), &s)
-            .map(|_| ())
+        Host::from_state(
+            r.mem.clone(),
+            Timer::default(),
+            r.clock.clone(),
+            r.irq.clone(),
+            &s,
+        )
+        .map(|_| ())
     };
     assert!(bad(|_| ()).is_ok());
     for f in [
@@ -394,7 +411,10 @@ fn version_2_snapshots_read_with_the_rfc_policies() {
     let snap: TimerSnapshot = serde_json::from_str(v2).unwrap();
     assert_eq!(snap.version(), 2);
     let s = snap.into_state().unwrap();
-    assert_eq!((s.grace_policy, s.exitless_cancel), (GracePolicy::Off, false));
+    assert_eq!(
+        (s.grace_policy, s.exitless_cancel),
+        (GracePolicy::Off, false)
+    );
     assert_eq!(s.grace.deadline, 0);
     assert_eq!((s.deadline, s.counters.trapped_writes), (1000, 1));
 }

@@ -6,8 +6,8 @@ use std::convert::Infallible;
 
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
 use lazy_tscdeadline_host::{
-    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer,
-    SharedMemory, TscDeadlineTimer, MAX_KICK_ROUNDS,
+    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, SharedMemory,
+    TscDeadlineTimer, MAX_KICK_ROUNDS,
 };
 
 /// A registered struct whose `pending` the guest changes before every read
@@ -40,7 +40,11 @@ impl SharedMemory for &RacingGuest {
         if let Some(last) = self.script.last() {
             return Some(*self.script.get(n as usize - 1).unwrap_or(last));
         }
-        let far = if self.alternate && n % 2 == 1 { 8000 } else { 0 };
+        let far = if self.alternate && n % 2 == 1 {
+            8000
+        } else {
+            0
+        };
         Some(1000 + far + u64::from(n))
     }
     fn write_flags(&self, _: u64, _: u32) -> bool {
@@ -140,7 +144,10 @@ fn the_bound_holds_with_grace_and_the_fallback_publishes_no_grace_period() {
     assert_eq!(outcome, KickOutcome::Injected);
     assert_eq!(guest.last_armed.get(), 0);
     assert!(!t.is_published());
-    assert_eq!((t.deadline(), t.grace_deadline(), t.timer_deadline()), (0, 0, 0));
+    assert_eq!(
+        (t.deadline(), t.grace_deadline(), t.timer_deadline()),
+        (0, 0, 0)
+    );
     assert_eq!(t.counters().grace_arms, 0);
 }
 
@@ -162,7 +169,9 @@ fn a_guest_write_during_the_grace_publication_is_rearmed_by_the_same_rounds() {
         &clock,
         Nop,
         LvtTimer::tsc_deadline(0xec),
-        Config::new().with_lazy_advertised(true).with_grace(GracePolicy::Fixed(100)),
+        Config::new()
+            .with_lazy_advertised(true)
+            .with_grace(GracePolicy::Fixed(100)),
     );
     t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
     t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
@@ -197,7 +206,9 @@ fn the_grace_phase_shares_the_round_budget() {
         &clock,
         Nop,
         LvtTimer::tsc_deadline(0xec),
-        Config::new().with_lazy_advertised(true).with_grace(GracePolicy::Fixed(100)),
+        Config::new()
+            .with_lazy_advertised(true)
+            .with_grace(GracePolicy::Fixed(100)),
     );
     t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
     t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();

@@ -135,7 +135,10 @@ fn feature_not_advertised_faults_every_access() {
 fn host_writes_only_armed_and_flags_of_the_registered_struct() {
     for (config, flags) in [
         (Config::rfc(), 0u32),
-        (Config::new(), lazy_tscdeadline_abi::LAZY_FLAG_EXITLESS_CANCEL),
+        (
+            Config::new(),
+            lazy_tscdeadline_abi::LAZY_FLAG_EXITLESS_CANCEL,
+        ),
         (Config::new().with_exitless_cancel(false), 0),
     ] {
         let mem = memory();

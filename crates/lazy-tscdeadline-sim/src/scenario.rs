@@ -208,12 +208,7 @@ impl Scenario {
 
     fn new(kind: GuestKind, policy: Policy, honest: bool) -> Self {
         Scenario {
-            vcpu: SimVcpu::with_policy(
-                Self::memory(),
-                STRUCT_GPA,
-                kind == GuestKind::Lazy,
-                policy,
-            ),
+            vcpu: SimVcpu::with_policy(Self::memory(), STRUCT_GPA, kind == GuestKind::Lazy, policy),
             reference: EagerModel::new(kind == GuestKind::Lazy),
             kind,
             policy,

@@ -50,8 +50,8 @@ use lazy_tscdeadline_guest::{DeadlineSetter, MsrWriter, SharedFields};
 use std::convert::Infallible;
 
 use lazy_tscdeadline_host::{
-    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer,
-    SharedMemory, TscDeadlineTimer,
+    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, SharedMemory,
+    TscDeadlineTimer,
 };
 
 /// Where the guest registers its struct.
@@ -604,7 +604,11 @@ fn trapped_cancel_grace_races_the_next_deadline() {
 /// kick's `armed = 0` and traps.
 #[test]
 fn exitless_cancel_races_the_expiry() {
-    model(|| scenario_with(Config::rfc().with_exitless_cancel(true), true, 2, |g| g.set(0)));
+    model(|| {
+        scenario_with(Config::rfc().with_exitless_cancel(true), true, 2, |g| {
+            g.set(0)
+        })
+    });
 }
 
 /// Exitless cancel with grace periods: a push, then a cancel, racing the

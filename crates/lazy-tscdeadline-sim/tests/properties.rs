@@ -329,7 +329,11 @@ fn grace_and_exitless_cancel_remove_the_traps_they_should() {
         },
         ..Policy::RFC
     });
-    assert!(adaptive.host_trapped_writes <= 1 + 2 + 5, "{}", adaptive.host_trapped_writes);
+    assert!(
+        adaptive.host_trapped_writes <= 1 + 2 + 5,
+        "{}",
+        adaptive.host_trapped_writes
+    );
 }
 
 /// Hostile guests against the new mechanisms, spelled out: a guest that
@@ -357,7 +361,11 @@ fn hostile_flags_and_silent_pending_stores() {
             Op::Advance(1_000),
         ];
         let (out, vcpu) = Scenario::run_hostile_with(policy, &ops).unwrap();
-        assert!(out.interrupts.is_empty(), "{policy:?}: {:?}", out.interrupts);
+        assert!(
+            out.interrupts.is_empty(),
+            "{policy:?}: {:?}",
+            out.interrupts
+        );
         assert_eq!(vcpu.host().deadline(), 0);
         let ops = [
             Op::LvtDeadline,

@@ -663,10 +663,14 @@ where
         }
         if value <= now {
             // Already passed: expires at once, nothing stays armed but,
-            // possibly, a grace period.
+            // after an injection, possibly a grace period (an expiry while
+            // masked delivers nothing and leaves `armed = 0`, section 4.0).
             self.clear_deadline();
-            self.begin_grace_stopped(value, now);
-            self.fire();
+            if self.fire() == KickOutcome::Injected {
+                self.begin_grace_stopped(value, now);
+            } else {
+                self.published_to(0);
+            }
             return;
         }
         self.arm_timer(value);
@@ -813,8 +817,10 @@ where
                 // Deliver first, with `armed = 0` published and re-checked:
                 // a guest write racing this kick traps and waits for it.
                 // Only then begin the grace period, with the rounds left.
+                // (Not after an expiry while masked: nothing was delivered,
+                // `armed` stays 0 as section 4.0 says.)
                 let outcome = self.fire();
-                if let Some(delivered) = decided {
+                if let (Some(delivered), KickOutcome::Injected) = (decided, outcome) {
                     self.begin_grace_running(area, delivered, now, &mut rounds);
                 }
                 outcome

@@ -418,3 +418,22 @@ fn version_2_snapshots_read_with_the_rfc_policies() {
     assert_eq!(s.grace.deadline, 0);
     assert_eq!((s.deadline, s.counters.trapped_writes), (1000, 1));
 }
+
+/// An expiry while masked delivers nothing and begins no grace period:
+/// `armed` reads 0 afterwards, as section 4.0 says (the mini-VMM's
+/// `lvt-mask` check reads it), both for a kick and for a passed deadline
+/// written while masked.
+#[test]
+fn no_grace_period_after_an_expiry_while_masked() {
+    let mut r = Rig::grace();
+    r.t.set_lvt_timer(LvtTimer::tsc_deadline(0xec).with_masked(true))
+        .unwrap();
+    r.write(1000);
+    assert_eq!(r.expire(), KickOutcome::Masked);
+    r.assert_armed(0);
+    r.clock.0.set(2000);
+    r.write(1500);
+    r.assert_armed(0);
+    assert!(r.fired().is_empty());
+    assert_eq!(r.t.counters().grace_arms, 0);
+}

@@ -25,8 +25,16 @@
 //!   kicked or when the guest changed the LVT: the host must deliver
 //!   nothing for it);
 //! - `armed` never stale: whenever the threads are quiescent, a non-zero
-//!   `armed` in guest memory is exactly the deadline the host timer is
-//!   armed for.
+//!   `armed` in guest memory is exactly the deadline (or grace deadline)
+//!   the host timer is armed for.
+//!
+//! The scenarios run with the RFC's policies, and (the later ones) with a
+//! short grace period (`GracePolicy::Fixed(5)`: the grace deadline falls
+//! between the guest's deadlines) and exitless cancel offered and
+//! honoured, racing the delivery, the grace publication and the grace
+//! expiry with pushes and cancels. Swapping the delivery and the grace
+//! publication in the host makes them fail (an interrupt after a push later
+//! completed without a trap).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p lazy-tscdeadline-sim --test
 //! loom --release` (`.ci/run` does). `LOOM_MAX_PREEMPTIONS` overrides the

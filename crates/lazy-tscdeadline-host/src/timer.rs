@@ -489,7 +489,11 @@ where
     /// the timer behind a mutex shared with the vCPU thread). Injects only
     /// for the guest's latest deadline, only once it has passed, and only
     /// if the LVT timer is not masked then; re-arms when the guest moved the
-    /// deadline later.
+    /// deadline later. With a grace policy, a kick that injects then begins
+    /// a grace period, and the expiry of a grace period
+    /// ([`grace_deadline`](Self::grace_deadline)) ends it
+    /// ([`KickOutcome::GraceEnded`]) unless the guest stored a new deadline
+    /// meanwhile, which it then serves like any kick.
     pub fn kick(&mut self) -> Result<KickOutcome, BackendError> {
         let outcome = if self.paused {
             self.counters.stale_expiries += 1;

@@ -389,28 +389,3 @@ fn hostile_flags_and_silent_pending_stores() {
         assert_eq!(out.interrupts.len(), 1, "{policy:?}: {:?}", out.interrupts);
     }
 }
-
-proptest! {
-    #![proptest_config(config())]
-
-    /// The policies only remove traps: for the same guest writes and
-    /// on-time expiries, no policy combination traps more often than the
-    /// RFC on both sides. (Not so with late expiries: a grace deadline the
-    /// host has not handled yet still stands as `armed`, so a write below
-    /// it traps where, under the RFC, the same write would have found the
-    /// deadline it pushed; this property with `scenario(true)` finds such a
-    /// case with `Fixed(1)` at once.)
-    #[test]
-    fn policies_never_add_traps(ops in scenario(false)) {
-        let rfc = Scenario::run_with(GuestKind::Lazy, Policy::RFC, &ops)
-            .map_err(|e| TestCaseError::fail(format!("RFC: {e:?}")))?;
-        for policy in Policy::all() {
-            let out = Scenario::run_with(GuestKind::Lazy, policy, &ops)
-                .map_err(|e| TestCaseError::fail(format!("{policy:?}: {e:?}")))?;
-            prop_assert!(
-                out.host_trapped_writes <= rfc.host_trapped_writes,
-                "{:?}: {} traps, RFC {}", policy, out.host_trapped_writes, rfc.host_trapped_writes
-            );
-        }
-    }
-}

@@ -38,8 +38,11 @@ pub const DEFAULT_GRACE_MAX_CYCLES: u64 = 10_000_000;
 /// correctness (see `docs/PROTOCOL.md`, section 9), only which writes trap
 /// and how often the host wakes up. Lengths are in guest TSC cycles; a
 /// length of 0 counts as 1.
+///
+/// Policies may be added (`#[non_exhaustive]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
 pub enum GracePolicy {
     /// No grace period: the RFC's behaviour.
     Off,

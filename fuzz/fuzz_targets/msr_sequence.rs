@@ -3,11 +3,14 @@
 //! panic; guest faults only for the two MSRs and `UnknownMsr` only for the
 //! others; consistent state; and nothing but `armed` written (the
 //! simulator compares the watched structs byte by byte around each host
-//! operation, `check_invariants` reports any other change).
+//! operation, `check_invariants` reports any other change; `flags` may
+//! change only at a successful enabling registration, to the offered
+//! value); under a fuzzed policy combination.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use lazy_tscdeadline_fuzz::FuzzPolicy;
 use lazy_tscdeadline_host::{handles_msr, ReadMsrError, WriteMsrError};
 use lazy_tscdeadline_sim::{Scenario, SimVcpu};
 use libfuzzer_sys::fuzz_target;
@@ -29,10 +32,10 @@ fn msr(sel: u8) -> u32 {
     }
 }
 
-fuzz_target!(|input: (bool, Vec<Access>)| {
-    let (advertised, accesses) = input;
+fuzz_target!(|input: (bool, FuzzPolicy, Vec<Access>)| {
+    let (advertised, policy, accesses) = input;
     let mem = Scenario::memory();
-    let mut vcpu = SimVcpu::new(mem, 0x1000, advertised);
+    let mut vcpu = SimVcpu::with_policy(mem, 0x1000, advertised, policy.to_policy());
     for a in accesses {
         match a {
             Access::Write(sel, value) => match vcpu.raw_msr_write(msr(sel), value) {

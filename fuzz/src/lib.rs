@@ -2,7 +2,43 @@
 //! simulator's operations.
 
 use arbitrary::Arbitrary;
-use lazy_tscdeadline_sim::Op;
+use lazy_tscdeadline_host::GracePolicy;
+use lazy_tscdeadline_sim::{Op, Policy};
+
+/// A fuzzer-chosen policy combination: host grace (off, fixed, adaptive,
+/// with fuzzed lengths), exitless cancel offered or not, guest honouring
+/// it or not.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct FuzzPolicy {
+    grace: u8,
+    a: u16,
+    b: u16,
+    c: u16,
+    exitless_offered: bool,
+    guest_exitless: bool,
+}
+
+impl FuzzPolicy {
+    /// The simulator's policy.
+    pub fn to_policy(self) -> Policy {
+        let (a, b, c) = (u64::from(self.a), u64::from(self.b), u64::from(self.c));
+        let grace = match self.grace % 4 {
+            0 => GracePolicy::Off,
+            1 => GracePolicy::Fixed(a),
+            2 => GracePolicy::Adaptive {
+                initial: a,
+                min: b,
+                max: c,
+            },
+            _ => GracePolicy::DEFAULT,
+        };
+        Policy {
+            grace,
+            exitless_offered: self.exitless_offered,
+            guest_exitless: self.guest_exitless,
+        }
+    }
+}
 
 /// A fuzzer-chosen operation, mapped onto [`Op`].
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -33,6 +69,9 @@ pub enum FuzzOp {
     Scribble(u8, u64),
     /// Hostile: any MSR write.
     RawWrmsr(bool, u64),
+    /// Hostile: store `pending` only (no fence, no trap), e.g. an exitless
+    /// cancel that was not offered.
+    StorePendingOnly(u64),
 }
 
 impl FuzzOp {
@@ -58,7 +97,12 @@ impl FuzzOp {
             FuzzOp::Expire => Op::Expire,
             FuzzOp::StrayExpiry => Op::StrayExpiry,
             FuzzOp::Snapshot => Op::Snapshot,
-            FuzzOp::Scribble(..) | FuzzOp::RawWrmsr(..) if honest => return None,
+            FuzzOp::Scribble(..) | FuzzOp::RawWrmsr(..) | FuzzOp::StorePendingOnly(..)
+                if honest =>
+            {
+                return None
+            }
+            FuzzOp::StorePendingOnly(value) => Op::StorePendingOnly(value),
             FuzzOp::Scribble(offset, value) => Op::Scribble { offset, value },
             FuzzOp::RawWrmsr(deadline, value) => Op::RawWrmsr {
                 index: if deadline { 0x6e0 } else { 0x4b56_4d09 },

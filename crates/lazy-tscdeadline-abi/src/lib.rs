@@ -52,6 +52,19 @@ pub const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 /// Bit 0 of a paravirtual registration MSR value: the registration is enabled.
 pub const KVM_MSR_ENABLED: u64 = 1;
 
+/// Bit of [`LazyTscDeadline::flags`]: the host offers *exitless cancel*.
+///
+/// Written by the host into `flags` while it handles an enabling
+/// registration WRMSR, never at any other time; a guest reads `flags` after
+/// that WRMSR returns (having zeroed it before, as a host built for the RFC
+/// leaves it untouched). When set, a guest may cancel its deadline by
+/// storing `pending = 0` without writing `IA32_TSC_DEADLINE`, as long as it
+/// loaded a non-zero `armed` after the store (and its full fence): the
+/// host's expiry at `armed` treats `pending == 0` as a cancellation (no
+/// interrupt, nothing re-armed). When clear, a cancel must trap, as in the
+/// RFC. The other bits are reserved (zero).
+pub const LAZY_FLAG_EXITLESS_CANCEL: u32 = 1 << 0;
+
 /// Size in bytes of the shared per-vCPU struct.
 pub const LAZY_TSCDEADLINE_SIZE: usize = 64;
 

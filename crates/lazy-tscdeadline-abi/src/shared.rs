@@ -14,8 +14,14 @@ use core::mem::{align_of, offset_of, size_of};
 /// 64-bit atomic (or volatile) loads and stores; never through a reference to
 /// the whole struct while the other side may be writing.
 ///
-/// `flags` and `pad` are reserved; a guest should write them as zero and a
-/// host must not interpret them.
+/// `flags` is written by the host, and only while it handles a registration
+/// (the WRMSR of [`MSR_KVM_LAZY_TSCDEADLINE`](crate::MSR_KVM_LAZY_TSCDEADLINE)
+/// that enables this struct): it holds the extensions the host offers, such
+/// as [`LAZY_FLAG_EXITLESS_CANCEL`](crate::LAZY_FLAG_EXITLESS_CANCEL). A host
+/// built for the RFC never writes it, so a guest zeroes it before
+/// registering and reads it after the registration WRMSR returns. A host
+/// never reads it. `pad` is reserved: a guest should write it as zero and a
+/// host must not interpret it.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LazyTscDeadline {
@@ -23,7 +29,8 @@ pub struct LazyTscDeadline {
     pub armed: u64,
     /// Latest deadline the guest wants. Guest-written.
     pub pending: u64,
-    /// Reserved, zero.
+    /// Extensions the host offers ([`LAZY_FLAG_EXITLESS_CANCEL`](crate::LAZY_FLAG_EXITLESS_CANCEL)).
+    /// Host-written at registration only; zero from a host built for the RFC.
     pub flags: u32,
     /// Reserved, zero.
     pub pad: [u32; 11],

@@ -70,7 +70,8 @@ mod shared;
 pub mod x86;
 
 pub use setter::{
-    disable_value, must_trap, registration_value, DeadlineSetter, GuestStats, WriteOutcome,
+    disable_value, must_trap, must_trap_with, registration_value, DeadlineSetter, GuestStats,
+    WriteOutcome,
 };
 pub use shared::{AtomicSharedFields, SharedFields};
 

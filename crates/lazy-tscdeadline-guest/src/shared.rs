@@ -1,7 +1,7 @@
 //! Access to the shared `armed` and `pending` fields from the guest.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use lazy_tscdeadline_abi::LazyTscDeadline;
 
@@ -21,6 +21,20 @@ pub trait SharedFields {
     fn full_fence(&self);
     /// Loads the host-published `armed` deadline.
     fn load_armed(&self) -> u64;
+
+    /// Stores `flags` (the guest zeroes it before registering: a host built
+    /// for the RFC never writes it). The default does nothing, for
+    /// implementations without access to `flags`; their
+    /// [`load_flags`](Self::load_flags) must then return 0.
+    fn store_flags(&self, flags: u32) {
+        let _ = flags;
+    }
+
+    /// Loads `flags`, which the host writes while it handles the
+    /// registration WRMSR. The default returns 0: no extension is used.
+    fn load_flags(&self) -> u32 {
+        0
+    }
 }
 
 /// [`SharedFields`] over a [`LazyTscDeadline`] in the guest's own memory,
@@ -42,7 +56,7 @@ impl AtomicSharedFields {
     /// # Safety
     /// `area` must point to a live, 64-byte aligned [`LazyTscDeadline`] that
     /// stays valid for as long as the returned value exists, and whose
-    /// `armed` and `pending` fields are, meanwhile, accessed only with
+    /// `armed`, `pending` and `flags` fields are, meanwhile, accessed only with
     /// atomic (or, by the host, equivalent single-copy atomic) operations.
     pub unsafe fn new(area: *mut LazyTscDeadline) -> Self {
         AtomicSharedFields {
@@ -65,15 +79,24 @@ impl AtomicSharedFields {
         }
     }
 
+    fn flags(&self) -> &AtomicU32 {
+        // SAFETY: `new`'s contract: the struct is live and aligned (so
+        // `flags`, at offset 16, is 4-byte aligned), and only accessed
+        // atomically.
+        unsafe { AtomicU32::from_ptr(core::ptr::addr_of_mut!((*self.ptr.as_ptr()).flags)) }
+    }
+
     /// Loads `pending` (the guest's own last store).
     pub fn load_pending(&self) -> u64 {
         self.field(true).load(Ordering::Relaxed)
     }
 
-    /// Zeroes `armed` and `pending`, as a guest does before registering.
+    /// Zeroes `armed`, `pending` and `flags`, as a guest does before
+    /// registering.
     pub fn reset(&self) {
         self.field(false).store(0, Ordering::Relaxed);
         self.field(true).store(0, Ordering::Relaxed);
+        self.flags().store(0, Ordering::Relaxed);
     }
 }
 
@@ -91,5 +114,13 @@ impl SharedFields for AtomicSharedFields {
     #[inline(always)]
     fn load_armed(&self) -> u64 {
         self.field(false).load(Ordering::Relaxed)
+    }
+
+    fn store_flags(&self, flags: u32) {
+        self.flags().store(flags, Ordering::Relaxed);
+    }
+
+    fn load_flags(&self) -> u32 {
+        self.flags().load(Ordering::Relaxed)
     }
 }

@@ -154,6 +154,7 @@
 
 pub mod error;
 mod lvt;
+mod policy;
 mod shared;
 mod state;
 mod timer;
@@ -161,8 +162,11 @@ mod traits;
 
 pub use error::{BackendError, GuestFault, ReadMsrError, StateError, WriteMsrError};
 pub use lvt::{LvtTimer, TimerMode};
+pub use policy::{
+    GracePolicy, DEFAULT_GRACE_CYCLES, DEFAULT_GRACE_MAX_CYCLES, DEFAULT_GRACE_MIN_CYCLES,
+};
 pub use shared::SharedMemory;
-pub use state::{Counters, TimerSnapshot, TimerState, STATE_VERSION};
+pub use state::{Counters, GraceState, TimerSnapshot, TimerState, STATE_VERSION};
 pub use timer::{
     handles_msr, Config, KickOutcome, TscDeadlineTimer, HANDLED_MSRS, MAX_KICK_ROUNDS,
 };

@@ -1,15 +1,15 @@
 //! The host's accesses to the registered struct in guest memory.
 //!
-//! Only three operations exist: checking that a struct lies in guest RAM, a
-//! store of `armed` followed by a full fence, and a load of `pending`. The
-//! host never keeps a pointer into guest memory and never reads `armed`
-//! back. [`SharedMemory`] names those operations so that the timer can run
+//! Only four operations exist: checking that a struct lies in guest RAM, a
+//! store of `armed` followed by a full fence, a load of `pending`, and (at
+//! registration only) a store of `flags`. The host never keeps a pointer
+//! into guest memory and never reads `armed` or `flags` back. [`SharedMemory`] names those operations so that the timer can run
 //! over vm-memory (every [`GuestAddressSpace`]) in a VMM and over model
 //! atomics in a model checker, with the same protocol code.
 
 use std::sync::atomic::{fence, Ordering};
 
-use lazy_tscdeadline_abi::{ARMED_OFFSET, LAZY_TSCDEADLINE_SIZE, PENDING_OFFSET};
+use lazy_tscdeadline_abi::{ARMED_OFFSET, FLAGS_OFFSET, LAZY_TSCDEADLINE_SIZE, PENDING_OFFSET};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory, Permissions};
 
 /// Guest memory as the timer uses it: the two fields of a registered struct.
@@ -37,6 +37,12 @@ pub trait SharedMemory {
     /// Loads `pending` from the struct at `gpa` (one atomic 64-bit load), or
     /// `None` if the memory could not be accessed.
     fn load_pending(&self, gpa: u64) -> Option<u64>;
+
+    /// Stores `flags` into the struct at `gpa` (one 32-bit store). Called
+    /// only while the timer handles an enabling registration WRMSR, i.e.
+    /// with the vCPU stopped. Returns `false` if the memory could not be
+    /// accessed.
+    fn write_flags(&self, gpa: u64, flags: u32) -> bool;
 }
 
 impl<M: GuestAddressSpace> SharedMemory for M {
@@ -63,6 +69,14 @@ impl<M: GuestAddressSpace> SharedMemory for M {
         let a = gpa.checked_add(PENDING_OFFSET)?;
         self.memory().load(GuestAddress(a), Ordering::Relaxed).ok()
     }
+
+    fn write_flags(&self, gpa: u64, flags: u32) -> bool {
+        gpa.checked_add(FLAGS_OFFSET).is_some_and(|a| {
+            self.memory()
+                .store(flags, GuestAddress(a), Ordering::Relaxed)
+                .is_ok()
+        })
+    }
 }
 
 /// The location of a registered struct, validated against guest RAM.
@@ -82,6 +96,11 @@ impl SharedArea {
     /// (the host half of the store/fence/load handshake).
     pub(crate) fn publish_armed<M: SharedMemory>(&self, mem: &M, armed: u64) -> bool {
         mem.publish_armed(self.gpa, armed)
+    }
+
+    /// Writes `flags` (registration only).
+    pub(crate) fn write_flags<M: SharedMemory>(&self, mem: &M, flags: u32) -> bool {
+        mem.write_flags(self.gpa, flags)
     }
 
     /// Loads the guest's `pending`.

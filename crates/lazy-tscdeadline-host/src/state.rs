@@ -1,7 +1,7 @@
 //! Snapshot state, its versioned envelope, and counters.
 
 use crate::error::StateError;
-use crate::LvtTimer;
+use crate::{GracePolicy, LvtTimer};
 
 /// Format version of the [`TimerSnapshot`] this crate writes. It reads every
 /// earlier version too.
@@ -10,7 +10,12 @@ use crate::LvtTimer;
 ///   envelope).
 /// - 2: `{ "version": 2, "state": TimerState }`; adds the counters
 ///   `masked_expiries` and `backend_errors` (0 when read from version 1).
-pub const STATE_VERSION: u32 = 2;
+/// - 3: the same envelope; the state adds the policies (`grace_policy`,
+///   `exitless_cancel`), the grace period in progress (`grace`) and the
+///   counters `grace_arms`, `grace_expiries` and `grace_hits`. Read from
+///   versions 1 and 2 they take the RFC's values: no grace period, no
+///   exitless cancel (those hosts wrote no `flags`), counters 0.
+pub const STATE_VERSION: u32 = 3;
 
 /// Per-vCPU counters. They add up (`+=`, `Sum`) for per-VM totals.
 ///
@@ -57,6 +62,16 @@ pub struct Counters {
     /// Calls of a collaborator ([`HostTimer`](crate::HostTimer),
     /// [`InterruptSink`](crate::InterruptSink)) that failed.
     pub backend_errors: u64,
+    /// Grace periods begun: a timer armed and published after a delivered
+    /// deadline or a trapped cancellation (see
+    /// [`GracePolicy`](crate::GracePolicy)).
+    pub grace_arms: u64,
+    /// Host timer expiries of a grace period (also counted there when
+    /// early): the host wake-ups the grace policy costs.
+    pub grace_expiries: u64,
+    /// Grace expiries that found a new deadline in `pending` (re-armed for
+    /// it, or delivered it): each one is a trap the guest did not take.
+    pub grace_hits: u64,
 }
 
 impl core::ops::AddAssign for Counters {
@@ -78,6 +93,9 @@ impl core::ops::AddAssign for Counters {
             memory_errors,
             resets,
             backend_errors,
+            grace_arms,
+            grace_expiries,
+            grace_hits,
         } = other;
         self.trapped_writes += trapped_writes;
         self.ignored_writes += ignored_writes;
@@ -94,6 +112,9 @@ impl core::ops::AddAssign for Counters {
         self.memory_errors += memory_errors;
         self.resets += resets;
         self.backend_errors += backend_errors;
+        self.grace_arms += grace_arms;
+        self.grace_expiries += grace_expiries;
+        self.grace_hits += grace_hits;
     }
 }
 
@@ -104,6 +125,29 @@ impl core::iter::Sum for Counters {
             acc
         })
     }
+}
+
+/// The grace period in progress and the adaptive policy's observations
+/// (part of [`TimerState`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[non_exhaustive]
+pub struct GraceState {
+    /// Guest TSC the host timer is armed for as a grace period, published
+    /// as `armed` (0: none). Non-zero only while no deadline is armed.
+    pub deadline: u64,
+    /// The value of `pending` that is nothing new to this grace period: the
+    /// deadline just delivered, or 0 after a cancellation.
+    pub stale: u64,
+    /// Guest TSC at which the last grace period began.
+    pub started: u64,
+    /// Whether the last grace period expired with nothing new and no
+    /// deadline has trapped since (the adaptive policy measures the guest's
+    /// gap at that trap).
+    pub missed: bool,
+    /// The adaptive grace length (0: not adapted yet).
+    pub cycles: u64,
 }
 
 /// The state of one vCPU's timer, as plain data (see
@@ -129,11 +173,29 @@ pub struct TimerState {
     /// Counters.
     #[cfg_attr(feature = "serde", serde(default))]
     pub counters: Counters,
+    /// The grace policy ([`GracePolicy::Off`] when read from a snapshot
+    /// older than version 3).
+    #[cfg_attr(feature = "serde", serde(default = "grace_off"))]
+    pub grace_policy: GracePolicy,
+    /// Whether the host offers exitless cancel (it wrote
+    /// [`LAZY_FLAG_EXITLESS_CANCEL`](lazy_tscdeadline_abi::LAZY_FLAG_EXITLESS_CANCEL)
+    /// into `flags` at registration).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub exitless_cancel: bool,
+    /// The grace period in progress.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub grace: GraceState,
+}
+
+#[cfg(feature = "serde")]
+fn grace_off() -> GracePolicy {
+    GracePolicy::Off
 }
 
 impl Default for TimerState {
     /// The state of a timer after INIT/RESET: LVT masked in one-shot mode,
-    /// nothing armed or registered, the feature not advertised.
+    /// nothing armed or registered, the feature not advertised, the RFC's
+    /// policies (no grace period, no exitless cancel).
     fn default() -> Self {
         TimerState {
             lvt_timer: LvtTimer::RESET.raw(),
@@ -142,6 +204,9 @@ impl Default for TimerState {
             registration: 0,
             lazy_advertised: false,
             counters: Counters::default(),
+            grace_policy: GracePolicy::Off,
+            exitless_cancel: false,
+            grace: GraceState::default(),
         }
     }
 }
@@ -223,6 +288,11 @@ mod envelope {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum AnyVersion {
+        V3 {
+            #[serde(rename = "version")]
+            _version: Tag<3>,
+            state: TimerState,
+        },
         V2 {
             #[serde(rename = "version")]
             _version: Tag<2>,
@@ -252,6 +322,9 @@ mod envelope {
     impl<'de> Deserialize<'de> for TimerSnapshot {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let (version, state) = match AnyVersion::deserialize(d)? {
+                AnyVersion::V3 { state, .. } => (3, state),
+                // Version 2 has none of the fields version 3 added: they
+                // take their defaults (the RFC's policies, no grace period).
                 AnyVersion::V2 { state, .. } => (2, state),
                 AnyVersion::V1(v1) => (
                     1,
@@ -262,6 +335,7 @@ mod envelope {
                         registration: v1.registration,
                         lazy_advertised: v1.lazy_advertised,
                         counters: v1.counters,
+                        ..TimerState::default()
                     },
                 ),
                 AnyVersion::Unknown { version } if version > STATE_VERSION => {

@@ -2,9 +2,11 @@
 
 use crate::error::{BackendError, GuestFault, ReadMsrError, StateError, WriteMsrError};
 use crate::shared::{SharedArea, SharedMemory};
-use crate::state::{Counters, TimerState};
-use crate::{GuestClock, HostTimer, InterruptSink, LvtTimer};
-use lazy_tscdeadline_abi::{Registration, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
+use crate::state::{Counters, GraceState, TimerState};
+use crate::{GracePolicy, GuestClock, HostTimer, InterruptSink, LvtTimer};
+use lazy_tscdeadline_abi::{
+    Registration, LAZY_FLAG_EXITLESS_CANCEL, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE,
+};
 
 /// How many publish/re-check rounds one [`TscDeadlineTimer::kick`] makes
 /// before it stops trusting a `pending` that keeps moving under it. An
@@ -12,7 +14,8 @@ use lazy_tscdeadline_abi::{Registration, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSC
 /// after this many rounds the kick publishes `armed = 0`, which settles in
 /// one more read. So one kick reads `pending` at most
 /// `MAX_KICK_ROUNDS + 2` times and stores `armed` at most
-/// `MAX_KICK_ROUNDS + 1` times (see `docs/PROTOCOL.md`).
+/// `MAX_KICK_ROUNDS + 1` times (see `docs/PROTOCOL.md`). The rounds that
+/// begin a grace period after a delivery come out of the same budget.
 pub const MAX_KICK_ROUNDS: u32 = 4;
 
 /// The MSRs a [`TscDeadlineTimer`] emulates: `IA32_TSC_DEADLINE` and
@@ -32,22 +35,65 @@ pub const fn handles_msr(index: u32) -> bool {
 
 /// Static configuration of one vCPU's timer.
 ///
-/// Options may be added: build it with [`Config::new`] and the `with_`
-/// methods.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Options may be added: build it with [`Config::new`] (or
+/// [`Config::rfc`]) and the `with_` methods.
+///
+/// ```
+/// use lazy_tscdeadline_host::{Config, GracePolicy};
+///
+/// // Lazy mode with this crate's policies (the default ones).
+/// let lazy = Config::new().with_lazy_advertised(true);
+/// assert_eq!(lazy.grace, GracePolicy::DEFAULT);
+/// assert!(lazy.exitless_cancel);
+/// // Lazy mode exactly as the RFC specifies it.
+/// let rfc = Config::rfc().with_lazy_advertised(true);
+/// assert_eq!((rfc.grace, rfc.exitless_cancel), (GracePolicy::Off, false));
+/// // Or anything in between.
+/// let fixed = Config::rfc().with_lazy_advertised(true).with_grace(GracePolicy::Fixed(50_000));
+/// # let _ = fixed;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// Whether the VMM advertises `KVM_FEATURE_LAZY_TSCDEADLINE` to this
     /// guest. Without it every access to the registration MSR faults.
     pub lazy_advertised: bool,
+    /// The grace re-arm policy (only used with a registered guest).
+    pub grace: GracePolicy,
+    /// Whether the host offers exitless cancel: at every enabling
+    /// registration it writes
+    /// [`LAZY_FLAG_EXITLESS_CANCEL`](lazy_tscdeadline_abi::LAZY_FLAG_EXITLESS_CANCEL)
+    /// into `flags` (and 0 without it).
+    pub exitless_cancel: bool,
+}
+
+impl Default for Config {
+    /// [`Config::new`].
+    fn default() -> Self {
+        Config::new()
+    }
 }
 
 impl Config {
     /// The default configuration: the lazy feature not advertised (plain
-    /// `IA32_TSC_DEADLINE` emulation).
+    /// `IA32_TSC_DEADLINE` emulation); once advertised, this crate's
+    /// policies: [`GracePolicy::DEFAULT`] and exitless cancel offered.
     pub const fn new() -> Self {
         Config {
             lazy_advertised: false,
+            grace: GracePolicy::DEFAULT,
+            exitless_cancel: true,
+        }
+    }
+
+    /// The RFC's behaviour: the lazy feature not advertised; once
+    /// advertised, no grace period and no exitless cancel (`flags` is
+    /// written as 0 at registration).
+    pub const fn rfc() -> Self {
+        Config {
+            lazy_advertised: false,
+            grace: GracePolicy::Off,
+            exitless_cancel: false,
         }
     }
 
@@ -55,6 +101,27 @@ impl Config {
     pub const fn with_lazy_advertised(mut self, advertised: bool) -> Self {
         self.lazy_advertised = advertised;
         self
+    }
+
+    /// Sets the grace re-arm policy.
+    pub const fn with_grace(mut self, grace: GracePolicy) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Sets whether exitless cancel is offered to the guest.
+    pub const fn with_exitless_cancel(mut self, offered: bool) -> Self {
+        self.exitless_cancel = offered;
+        self
+    }
+
+    /// The `flags` value the host writes at registration.
+    pub const fn offered_flags(self) -> u32 {
+        if self.exitless_cancel {
+            LAZY_FLAG_EXITLESS_CANCEL
+        } else {
+            0
+        }
     }
 }
 
@@ -71,8 +138,12 @@ pub enum KickOutcome {
     /// there, no interrupt.
     Rearmed(u64),
     /// The guest had cancelled its deadline (its trapping write of 0 is on
-    /// its way): nothing armed, no interrupt.
+    /// its way, or, with exitless cancel, it only stored `pending = 0`):
+    /// nothing armed, no interrupt.
     Cancelled,
+    /// A grace period expired and `pending` held nothing new (the deadline
+    /// delivered before it, or 0): `armed` is 0 again, no interrupt.
+    GraceEnded,
     /// The host timer fired before the guest TSC reached the deadline; it
     /// was re-armed for the same deadline.
     TooEarly,
@@ -83,13 +154,47 @@ pub enum KickOutcome {
 }
 
 /// How a KICK of a published deadline settled with the guest's `pending`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settled {
-    /// Due (or the struct became inaccessible): nothing armed, deliver.
-    Due,
+    /// Due (or the struct became inaccessible): deliver; nothing armed.
+    /// `Some(p)`: decided on `pending == p` with `armed = 0` published and
+    /// re-checked, so a grace period may follow the delivery.
+    Due(Option<u64>),
     /// Re-armed for a later deadline.
     Rearmed(u64),
-    /// The guest cancelled: nothing armed, nothing delivered.
+    /// The guest cancelled, or a grace period found nothing new: nothing
+    /// armed, nothing delivered.
     Cancelled,
+    /// After a delivery: the grace period stands (published).
+    Grace,
+}
+
+/// What a round of KICK is settling.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// The expiry of a published deadline or grace deadline; in a grace
+    /// period, `stale` is the value of `pending` that is nothing new.
+    Expiry { stale: Option<u64> },
+    /// Beginning the grace period `grace` after delivering `delivered`.
+    Grace { delivered: u64, grace: u64 },
+}
+
+impl Phase {
+    /// The outcome when `pending` cannot be read at all.
+    fn nothing_known(self) -> Settled {
+        match self {
+            Phase::Expiry { stale: None } => Settled::Due(None),
+            _ => Settled::Cancelled,
+        }
+    }
+
+    /// The stale value of a grace period begun in this phase.
+    fn delivered(self) -> u64 {
+        match self {
+            Phase::Grace { delivered, .. } => delivered,
+            Phase::Expiry { .. } => 0,
+        }
+    }
 }
 
 /// One vCPU's LAPIC TSC-deadline timer with the lazy extension.
@@ -130,9 +235,14 @@ pub struct TscDeadlineTimer<M, T, C, I> {
     config: Config,
     lvt: LvtTimer,
     /// Deadline the host timer is armed for, 0 when none. This is the host's
-    /// own copy of `armed`: guest memory is written from it, never read.
+    /// own copy of `armed` (with `grace.deadline`): guest memory is written
+    /// from it, never read.
     deadline: u64,
-    /// Whether `deadline` is published as `armed` in the registered struct.
+    /// The grace period: while `grace.deadline != 0` (and `deadline == 0`)
+    /// the host timer is armed for it and it is published as `armed`.
+    grace: GraceState,
+    /// Whether `deadline` (or the grace deadline) is published as `armed`
+    /// in the registered struct.
     published: bool,
     /// Whether the host timer is armed and has not expired yet.
     timer_running: bool,
@@ -182,6 +292,8 @@ where
         let state = TimerState {
             lvt_timer: lvt.raw(),
             lazy_advertised: config.lazy_advertised,
+            grace_policy: config.grace,
+            exitless_cancel: config.exitless_cancel,
             ..TimerState::default()
         };
         let valid = Validated {
@@ -225,12 +337,16 @@ where
             timer,
             clock,
             irq,
-            config: Config::new().with_lazy_advertised(state.lazy_advertised),
+            config: Config::rfc()
+                .with_lazy_advertised(state.lazy_advertised)
+                .with_grace(state.grace_policy)
+                .with_exitless_cancel(state.exitless_cancel),
             lvt: LvtTimer::from_raw(state.lvt_timer),
             deadline: state.deadline,
+            grace: state.grace,
             published: state.published,
             timer_running: false,
-            paused: state.deadline != 0,
+            paused: state.deadline != 0 || state.grace.deadline != 0,
             registration,
             area,
             counters: state.counters,
@@ -238,7 +354,7 @@ where
         };
         // Guest memory was restored with the rest of the VM, but write
         // `armed` again so it matches the host's copy whatever it holds.
-        t.published_to(if t.published { t.deadline } else { 0 });
+        t.published_to(if t.published { t.target() } else { 0 });
         t
     }
 
@@ -251,9 +367,20 @@ where
                 "registered but the feature is not advertised",
             ));
         }
-        if state.published && (state.deadline == 0 || !registration.is_enabled()) {
+        let grace = state.grace.deadline;
+        if state.published && ((state.deadline == 0 && grace == 0) || !registration.is_enabled()) {
             return Err(StateError::Invalid(
                 "published without a deadline or registration",
+            ));
+        }
+        if grace != 0 && (state.deadline != 0 || !state.published || !state.grace_policy.is_on()) {
+            return Err(StateError::Invalid(
+                "grace period with a deadline, unpublished or without a grace policy",
+            ));
+        }
+        if grace != 0 && !lvt.is_tsc_deadline() {
+            return Err(StateError::Invalid(
+                "grace period while the LVT timer is not in TSC-deadline mode",
             ));
         }
         if state.deadline != 0 && !lvt.is_tsc_deadline() {
@@ -350,7 +477,7 @@ where
     fn apply_lvt(&mut self, lvt: LvtTimer) -> Result<(), BackendError> {
         let mode_changed = lvt.mode() != self.lvt.mode();
         self.lvt = lvt;
-        if mode_changed && self.deadline != 0 {
+        if mode_changed && self.target() != 0 {
             self.clear();
         }
         self.backend_result()
@@ -362,7 +489,11 @@ where
     /// the timer behind a mutex shared with the vCPU thread). Injects only
     /// for the guest's latest deadline, only once it has passed, and only
     /// if the LVT timer is not masked then; re-arms when the guest moved the
-    /// deadline later.
+    /// deadline later. With a grace policy, a kick that injects then begins
+    /// a grace period, and the expiry of a grace period
+    /// ([`grace_deadline`](Self::grace_deadline)) ends it
+    /// ([`KickOutcome::GraceEnded`]) unless the guest stored a new deadline
+    /// meanwhile, which it then serves like any kick.
     pub fn kick(&mut self) -> Result<KickOutcome, BackendError> {
         let outcome = if self.paused {
             self.counters.stale_expiries += 1;
@@ -379,7 +510,7 @@ where
     /// vCPU runs. Does nothing on a timer that is not paused.
     pub fn resume(&mut self) -> Result<(), BackendError> {
         if self.paused {
-            self.arm_timer(self.deadline);
+            self.arm_timer(self.target());
         }
         self.backend_result()
     }
@@ -394,8 +525,8 @@ where
     /// is armed and the timer is not paused), e.g. after a [`BackendError`]
     /// from the host timer.
     pub fn rearm_host_timer(&mut self) -> Result<(), BackendError> {
-        if self.deadline != 0 && !self.paused {
-            self.arm_timer(self.deadline);
+        if self.target() != 0 && !self.paused {
+            self.arm_timer(self.target());
         }
         self.backend_result()
     }
@@ -409,6 +540,7 @@ where
         self.registration = Registration::DISABLED;
         self.area = None;
         self.lvt = LvtTimer::RESET;
+        self.grace.missed = false;
         self.counters.resets += 1;
         self.backend_result()
     }
@@ -423,6 +555,9 @@ where
             registration: self.registration.to_msr(),
             lazy_advertised: self.config.lazy_advertised,
             counters: self.counters,
+            grace_policy: self.config.grace,
+            exitless_cancel: self.config.exitless_cancel,
+            grace: self.grace,
         }
     }
 
@@ -431,12 +566,37 @@ where
         self.counters
     }
 
-    /// The deadline the host timer is armed for (0: none).
+    /// The guest's deadline the host timer is armed for (0: none; also 0
+    /// during a grace period, see [`grace_deadline`](Self::grace_deadline)).
     pub fn deadline(&self) -> u64 {
         self.deadline
     }
 
-    /// Whether `deadline` is published to the guest as `armed`.
+    /// The deadline of the grace period in progress (0: none). While it is
+    /// non-zero, [`deadline`](Self::deadline) is 0 and the host timer is
+    /// armed for it.
+    pub fn grace_deadline(&self) -> u64 {
+        self.grace.deadline
+    }
+
+    /// The guest TSC the host timer is armed for (0: none): the deadline,
+    /// or the grace deadline.
+    pub fn timer_deadline(&self) -> u64 {
+        self.target()
+    }
+
+    /// What the host last published as `armed` in the registered struct
+    /// (its own copy; 0 when nothing is published or nothing registered).
+    pub fn armed(&self) -> u64 {
+        if self.published {
+            self.target()
+        } else {
+            0
+        }
+    }
+
+    /// Whether the timer's deadline (or grace deadline) is published to the
+    /// guest as `armed`.
     pub fn is_published(&self) -> bool {
         self.published
     }
@@ -502,21 +662,89 @@ where
             self.counters.ignored_writes += 1;
             return;
         }
+        let now = self.clock.now();
+        self.adapt_grace(value, now);
         if value == 0 {
+            // Cancelled: nothing armed but, possibly, a grace period.
             self.clear_deadline();
-            self.published_to(0);
+            self.begin_grace_stopped(0, now);
             return;
         }
-        if value <= self.clock.now() {
-            // Already passed: expires at once, nothing stays armed.
+        if value <= now {
+            // Already passed: expires at once, nothing stays armed but,
+            // after an injection, possibly a grace period (an expiry while
+            // masked delivers nothing and leaves `armed = 0`, section 4.0).
             self.clear_deadline();
-            self.published_to(0);
-            self.fire();
+            if self.fire() == KickOutcome::Injected {
+                self.begin_grace_stopped(value, now);
+            } else {
+                self.published_to(0);
+            }
             return;
         }
         self.arm_timer(value);
         self.deadline = value;
+        self.grace.deadline = 0;
         self.published_to(value);
+    }
+
+    /// The grace length for a period beginning now, if the policy has one
+    /// and a struct is registered.
+    fn grace_length(&self) -> Option<u64> {
+        self.area?;
+        self.config.grace.length(self.grace.cycles)
+    }
+
+    /// The grace deadline for a period beginning at `now` (0: none).
+    fn grace_target(&self, now: u64) -> u64 {
+        match self.grace_length() {
+            Some(g) => match now.checked_add(g) {
+                Some(d) if d > now => d,
+                _ => 0,
+            },
+            None => 0,
+        }
+    }
+
+    /// In vCPU context (the guest is stopped in the WRMSR exit, so no
+    /// re-check of `pending` is needed, as for UPDATE): after a trapped
+    /// cancellation (`stale == 0`) or a deadline `stale` that expired at
+    /// once, begins a grace period and publishes it, or publishes 0.
+    fn begin_grace_stopped(&mut self, stale: u64, now: u64) {
+        let grace = self.grace_target(now);
+        if grace == 0 {
+            self.published_to(0);
+            return;
+        }
+        self.arm_timer(grace);
+        self.grace.deadline = grace;
+        self.grace.stale = stale;
+        self.grace.started = now;
+        self.counters.grace_arms += 1;
+        self.published_to(grace);
+    }
+
+    /// The adaptive policy learns from a trapped write of `value` at `now`
+    /// (see [`GracePolicy::Adaptive`]).
+    fn adapt_grace(&mut self, value: u64, now: u64) {
+        let missed = core::mem::take(&mut self.grace.missed);
+        let GracePolicy::Adaptive { .. } = self.config.grace else {
+            return;
+        };
+        let Some(current) = self.config.grace.length(self.grace.cycles) else {
+            return;
+        };
+        let g = self.grace.deadline;
+        let next = if g != 0 && value > now && value < g {
+            // The grace period made this deadline trap: it is too long.
+            (value - self.grace.started) / 2
+        } else if g == 0 && self.deadline == 0 && missed && value != 0 {
+            // The last grace period ended before the guest came back.
+            now.saturating_sub(self.grace.started).saturating_mul(2)
+        } else {
+            current
+        };
+        self.grace.cycles = self.config.grace.length(next).unwrap_or(current);
     }
 
     /// Registration MSR write: enable, disable or re-register. Any change
@@ -534,14 +762,17 @@ where
             None => None,
         };
         self.catch_up();
-        if self.deadline != 0 {
-            self.clear();
-        } else {
-            self.published_to(0);
-        }
+        self.clear();
+        self.grace.missed = false;
         self.registration = registration;
         self.area = area;
         self.published_to(0);
+        if let Some(area) = area {
+            // The only write of `flags`: the extensions this host offers.
+            if !area.write_flags(&self.mem, self.config.offered_flags()) {
+                self.counters.memory_errors += 1;
+            }
+        }
         if registration.is_enabled() {
             self.counters.registrations += 1;
         }
@@ -551,29 +782,67 @@ where
     /// KICK without the pause check.
     fn expire(&mut self) -> KickOutcome {
         self.timer_running = false;
-        if self.deadline == 0 {
+        let target = self.target();
+        if target == 0 {
             self.counters.stale_expiries += 1;
             return KickOutcome::Stale;
         }
+        let in_grace = self.deadline == 0;
+        if in_grace {
+            self.counters.grace_expiries += 1;
+        }
         let now = self.clock.now();
-        if now < self.deadline {
+        if now < target {
             self.counters.early_expiries += 1;
-            self.arm_timer(self.deadline);
+            self.arm_timer(target);
             return KickOutcome::TooEarly;
         }
         if !self.published {
             // Armed by a trapped write before registration (or after a
-            // fallback): plain TSC-deadline semantics.
+            // fallback): plain TSC-deadline semantics. (A grace period is
+            // always published.)
             self.deadline = 0;
             return self.fire();
         }
-        match self.settle_pending(now) {
-            Settled::Due => self.fire(),
+        // In a grace period, `pending` equal to the deadline delivered (or
+        // cancelled) before it is nothing new.
+        let stale = in_grace.then_some(self.grace.stale);
+        let Some(area) = self.area else {
+            // (Published implies registered; stay total anyway.)
+            self.set_armed(0, Settled::Cancelled, 0, now);
+            return if in_grace {
+                KickOutcome::GraceEnded
+            } else {
+                self.fire()
+            };
+        };
+        let mut rounds = MAX_KICK_ROUNDS;
+        let settled = self.settle(area, now, Phase::Expiry { stale }, &mut rounds);
+        if in_grace && settled != Settled::Cancelled {
+            self.counters.grace_hits += 1;
+        }
+        match settled {
+            Settled::Due(decided) => {
+                // Deliver first, with `armed = 0` published and re-checked:
+                // a guest write racing this kick traps and waits for it.
+                // Only then begin the grace period, with the rounds left.
+                // (Not after an expiry while masked: nothing was delivered,
+                // `armed` stays 0 as section 4.0 says.)
+                let outcome = self.fire();
+                if let (Some(delivered), KickOutcome::Injected) = (decided, outcome) {
+                    self.begin_grace_running(area, delivered, now, &mut rounds);
+                }
+                outcome
+            }
             Settled::Rearmed(next) => {
                 self.counters.rearms += 1;
                 KickOutcome::Rearmed(next)
             }
-            Settled::Cancelled => {
+            Settled::Cancelled | Settled::Grace if in_grace => {
+                self.grace.missed = true;
+                KickOutcome::GraceEnded
+            }
+            Settled::Cancelled | Settled::Grace => {
                 self.counters.kick_cancels += 1;
                 KickOutcome::Cancelled
             }
@@ -584,7 +853,8 @@ where
     /// deadline or change how it is delivered (a late host timer must not
     /// turn into a lost interrupt, nor a masked one into a delivered one).
     fn catch_up(&mut self) {
-        if !self.paused && self.deadline != 0 && self.deadline <= self.clock.now() {
+        let target = self.target();
+        if !self.paused && target != 0 && target <= self.clock.now() {
             self.disarm_timer();
             self.expire();
         }
@@ -592,95 +862,188 @@ where
 
     /// CLEAR: the deadline goes away for a reason other than expiring.
     fn clear(&mut self) {
+        if self.deadline != 0 {
+            self.counters.clears += 1;
+        }
         self.clear_deadline();
         self.published_to(0);
-        self.counters.clears += 1;
     }
 
-    /// The KICK of a published deadline: reads `pending`, publishes the
-    /// outcome, and re-reads `pending` after the fence until it is stable.
-    /// Leaves `deadline`/`published`/timer consistent; the caller delivers.
-    fn settle_pending(&mut self, now: u64) -> Settled {
-        let Some(area) = self.area else {
-            self.deadline = 0;
-            self.published = false;
-            return Settled::Due;
+    /// The guest TSC the host timer is armed for: the deadline or the grace
+    /// deadline (at most one of them is non-zero), 0 when none.
+    fn target(&self) -> u64 {
+        if self.deadline != 0 {
+            self.deadline
+        } else {
+            self.grace.deadline
+        }
+    }
+
+    /// KICK's rounds (section 4.1 of `docs/PROTOCOL.md`): reads `pending`
+    /// (in the [`Phase::Grace`] phase, starts from the delivered value
+    /// instead), publishes what [`plan`](Self::plan) makes of it, and
+    /// re-reads `pending` after the fence until it is stable, using at most
+    /// `rounds` publications (shared by the two phases of one kick). If
+    /// `pending` is still moving then, falls back: publishes 0 so that every
+    /// later guest write traps and acts, unpublished, on one more read.
+    /// Leaves `deadline`/grace/`published`/timer consistent; the caller
+    /// delivers.
+    fn settle(&mut self, area: SharedArea, now: u64, phase: Phase, rounds: &mut u32) -> Settled {
+        let mut pending = match phase {
+            Phase::Expiry { .. } => match area.load_pending(&self.mem) {
+                Some(p) => p,
+                None => return self.memory_fault(phase.nothing_known()),
+            },
+            Phase::Grace { delivered, .. } => delivered,
         };
-        let Some(mut pending) = area.load_pending(&self.mem) else {
-            return self.memory_fault();
-        };
-        for _ in 0..MAX_KICK_ROUNDS {
-            let next = Self::next_deadline(pending, now);
-            if next == self.deadline && self.published {
+        let mut last_published = None;
+        while *rounds > 0 {
+            let (next, settled) = self.plan(pending, now, phase);
+            self.set_armed(next, settled, phase.delivered(), now);
+            if last_published == Some(next) {
                 // Nothing new to publish: the last re-check stands.
-                return Self::settled(pending, next);
+                return settled;
             }
-            self.set_published_deadline(next);
+            *rounds -= 1;
             if !area.publish_armed(&self.mem, next) {
-                return self.memory_fault();
+                return self.memory_fault(settled);
             }
+            last_published = Some(next);
             let Some(again) = area.load_pending(&self.mem) else {
-                return self.memory_fault();
+                return self.memory_fault(settled);
             };
             if again == pending {
-                return Self::settled(pending, next);
+                return settled;
             }
             pending = again;
+        }
+        if last_published.is_none() {
+            // No round left for a grace period to begin: none.
+            return Settled::Cancelled;
         }
         // `pending` kept moving: publish 0 so that every later guest write
         // traps, then one more read sees the last write that did not.
         self.counters.kick_fallbacks += 1;
+        self.set_armed(0, Settled::Cancelled, 0, now);
         if !area.publish_armed(&self.mem, 0) {
-            return self.memory_fault();
+            return self.memory_fault(Settled::Cancelled);
         }
         let Some(last) = area.load_pending(&self.mem) else {
-            return self.memory_fault();
+            return self.memory_fault(phase.nothing_known());
         };
-        let next = Self::next_deadline(last, now);
-        self.set_published_deadline(next);
+        let (next, settled) = match self.plan(last, now, phase) {
+            // Unpublished: no grace period may follow, nor stand.
+            (_, Settled::Due(_)) => (0, Settled::Due(None)),
+            (_, Settled::Grace) => (0, Settled::Cancelled),
+            other => other,
+        };
+        self.set_armed(next, settled, 0, now);
         self.published = false;
-        Self::settled(last, next)
+        settled
     }
 
-    /// The deadline a kick at `now` arms for `pending`: itself if in the
-    /// future, else 0 (due, or cancelled).
-    fn next_deadline(pending: u64, now: u64) -> u64 {
-        if pending > now {
-            pending
-        } else {
-            0
+    /// After a kick delivered the deadline `delivered` (decided with
+    /// `armed = 0` published and re-checked), begins a grace period while
+    /// the guest may be running, through the same rounds: publishes
+    /// `armed = now + G` (with `stale = delivered`), fences and re-reads
+    /// `pending`; a deadline the guest wrote since (having seen `armed` 0,
+    /// or the grace deadline) is re-armed as by any kick.
+    fn begin_grace_running(
+        &mut self,
+        area: SharedArea,
+        delivered: u64,
+        now: u64,
+        rounds: &mut u32,
+    ) {
+        let grace = self.grace_target(now);
+        if grace == 0 {
+            return;
+        }
+        match self.settle(area, now, Phase::Grace { delivered, grace }, rounds) {
+            Settled::Grace => self.counters.grace_arms += 1,
+            Settled::Rearmed(_) => self.counters.rearms += 1,
+            _ => {}
         }
     }
 
-    fn settled(pending: u64, next: u64) -> Settled {
-        match (pending, next) {
-            (0, _) => Settled::Cancelled,
-            (_, 0) => Settled::Due,
-            (_, n) => Settled::Rearmed(n),
+    /// What a kick at `now` publishes for `pending`, and the outcome.
+    ///
+    /// At an expiry ([`Phase::Expiry`]):
+    /// - 0 or `stale` (nothing new): publish 0, [`Settled::Cancelled`];
+    /// - in the future: publish it, [`Settled::Rearmed`];
+    /// - due: publish 0, [`Settled::Due`].
+    ///
+    /// After a delivery ([`Phase::Grace`]):
+    /// - in the future (a deadline the guest wrote since): publish it,
+    ///   [`Settled::Rearmed`];
+    /// - anything else (the delivered value, 0, or a due value, whose write
+    ///   traps, being below both `armed` values it can have seen): publish
+    ///   the grace deadline, [`Settled::Grace`].
+    fn plan(&self, pending: u64, now: u64, phase: Phase) -> (u64, Settled) {
+        match phase {
+            Phase::Expiry { stale } => {
+                if pending == 0 || stale == Some(pending) {
+                    (0, Settled::Cancelled)
+                } else if pending > now {
+                    (pending, Settled::Rearmed(pending))
+                } else {
+                    (0, Settled::Due(Some(pending)))
+                }
+            }
+            Phase::Grace { grace, .. } => {
+                if pending > now {
+                    (pending, Settled::Rearmed(pending))
+                } else {
+                    (grace, Settled::Grace)
+                }
+            }
         }
     }
 
-    /// Arms (or disarms, for 0) the host timer for `next` and records it as
-    /// the published deadline.
-    fn set_published_deadline(&mut self, next: u64) {
+    /// Arms (or disarms, for 0) the host timer for `next`, planned by
+    /// [`plan`](Self::plan), and records it as the deadline (re-armed), as
+    /// the grace deadline (with `stale`), or nothing, and as published.
+    fn set_armed(&mut self, next: u64, settled: Settled, stale: u64, now: u64) {
         if next == 0 {
             self.disarm_timer();
         } else {
             self.arm_timer(next);
         }
-        self.deadline = next;
+        self.deadline = 0;
+        self.grace.deadline = 0;
+        match settled {
+            Settled::Rearmed(_) => self.deadline = next,
+            Settled::Grace if next != 0 => {
+                self.grace.deadline = next;
+                self.grace.stale = stale;
+                self.grace.started = now;
+            }
+            _ => {}
+        }
         self.published = next != 0;
     }
 
     /// Guest memory stopped being accessible under a registered struct
-    /// (the VMM changed the memory map): keep the deadline as a plain,
-    /// unpublished one and expire it now, as its time has come.
-    fn memory_fault(&mut self) -> Settled {
+    /// (the VMM changed the memory map). The host acts on what it last
+    /// knew, `decision`, without publishing: a re-armed deadline stays
+    /// armed, unpublished; a due one (its time has come) is delivered; a
+    /// grace period ends.
+    fn memory_fault(&mut self, decision: Settled) -> Settled {
         self.counters.memory_errors += 1;
+        self.published = false;
+        self.grace.deadline = 0;
+        if let Settled::Rearmed(d) = decision {
+            self.deadline = d;
+            return decision;
+        }
         self.disarm_timer();
         self.deadline = 0;
-        self.published = false;
-        Settled::Due
+        match decision {
+            // Nothing published: no grace period may follow, nor stand.
+            Settled::Due(_) => Settled::Due(None),
+            Settled::Grace => Settled::Cancelled,
+            d => d,
+        }
     }
 
     /// The deadline expired (it is already disarmed): deliver the
@@ -718,6 +1081,7 @@ where
         self.disarm_timer();
         self.paused = false;
         self.deadline = 0;
+        self.grace.deadline = 0;
         self.published = false;
     }
 

@@ -83,7 +83,7 @@ impl Rig {
             clock.clone(),
             irq.clone(),
             lvt,
-            Config::new().with_lazy_advertised(true),
+            Config::rfc().with_lazy_advertised(true),
         );
         if lazy {
             t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, GPA | 1).unwrap();

@@ -72,7 +72,7 @@ fn timer_with_clock<'a>(
         clock,
         Irq::default(),
         LvtTimer::tsc_deadline(0xec),
-        Config::new().with_lazy_advertised(advertised),
+        Config::rfc().with_lazy_advertised(advertised),
     )
 }
 
@@ -128,36 +128,65 @@ fn feature_not_advertised_faults_every_access() {
     assert_eq!(t.read_msr(MSR_IA32_TSC_DEADLINE), Ok(10));
 }
 
+/// The host writes `armed` of the registered struct, and `flags` (all 32
+/// bits: the offered extensions) only at an enabling registration; no other
+/// byte of guest memory, whatever the policy.
 #[test]
-fn host_writes_only_armed_of_the_registered_struct() {
-    let mem = memory();
-    // Canary everywhere.
-    let canary = vec![0xa5u8; 0x8000];
-    mem.write_slice(&canary, GuestAddress(0)).unwrap();
-    let mut t = timer(&mem, true);
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x2041).unwrap();
-    // Guest stores pending (its own field) then traps, the host re-arms on
-    // the later pending, then the guest disables.
-    mem.write_obj(900u64, GuestAddress(0x2048)).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
-    mem.write_obj(900u64, GuestAddress(0x2048)).unwrap();
-    t.kick().unwrap();
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
-    t.reset().unwrap();
-    let mut after = vec![0u8; 0x8000];
-    mem.read_slice(&mut after, GuestAddress(0)).unwrap();
-    for (i, b) in after.iter().enumerate() {
-        let armed = (0x2040..0x2048).contains(&i);
-        let pending = (0x2048..0x2050).contains(&i);
-        if !armed && !pending {
-            assert_eq!(*b, 0xa5, "byte {i:#x} outside `armed` changed");
+fn host_writes_only_armed_and_flags_of_the_registered_struct() {
+    for (config, flags) in [
+        (Config::rfc(), 0u32),
+        (
+            Config::new(),
+            lazy_tscdeadline_abi::LAZY_FLAG_EXITLESS_CANCEL,
+        ),
+        (Config::new().with_exitless_cancel(false), 0),
+    ] {
+        let mem = memory();
+        // Canary everywhere.
+        let canary = vec![0xa5u8; 0x8000];
+        mem.write_slice(&canary, GuestAddress(0)).unwrap();
+        let clock: &'static Clock = Box::leak(Box::default());
+        let mut t: Host<'_> = TscDeadlineTimer::new(
+            &mem,
+            Timer::default(),
+            clock,
+            Irq::default(),
+            LvtTimer::tsc_deadline(0xec),
+            config.with_lazy_advertised(true),
+        );
+        t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x2041).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x2050)).unwrap(), flags);
+        // The guest scribbles `flags`: the host neither reads nor rewrites it
+        // until the next registration.
+        mem.write_obj(0xa5a5_a5a5u32, GuestAddress(0x2050)).unwrap();
+        // Guest stores pending (its own field) then traps, the host re-arms
+        // on the later pending, it fires (and, with grace, the grace period
+        // ends), then the guest disables.
+        mem.write_obj(900u64, GuestAddress(0x2048)).unwrap();
+        t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap();
+        clock.0.set(100);
+        t.kick().unwrap();
+        clock.0.set(900);
+        t.kick().unwrap();
+        clock.0.set(u64::MAX / 2);
+        t.kick().unwrap();
+        t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
+        t.reset().unwrap();
+        let mut after = vec![0u8; 0x8000];
+        mem.read_slice(&mut after, GuestAddress(0)).unwrap();
+        for (i, b) in after.iter().enumerate() {
+            let armed = (0x2040..0x2048).contains(&i);
+            let pending = (0x2048..0x2050).contains(&i);
+            if !armed && !pending {
+                assert_eq!(*b, 0xa5, "byte {i:#x} outside `armed` changed");
+            }
         }
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x2040)).unwrap(),
+            0,
+            "armed cleared"
+        );
     }
-    assert_eq!(
-        mem.read_obj::<u64>(GuestAddress(0x2040)).unwrap(),
-        0,
-        "armed cleared"
-    );
 }
 
 #[test]

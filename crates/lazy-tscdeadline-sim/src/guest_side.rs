@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use lazy_tscdeadline_abi::{ARMED_OFFSET, PENDING_OFFSET};
+use lazy_tscdeadline_abi::{ARMED_OFFSET, FLAGS_OFFSET, PENDING_OFFSET};
 use lazy_tscdeadline_guest::{MsrWriter, SharedFields};
 use lazy_tscdeadline_host::WriteMsrError;
 use vm_memory::{Bytes, GuestAddress};
@@ -45,6 +45,18 @@ impl SharedFields for MemShared {
     }
     fn load_armed(&self) -> u64 {
         self.armed()
+    }
+    fn store_flags(&self, flags: u32) {
+        let _ = self.mem.store(
+            flags,
+            GuestAddress(self.gpa + FLAGS_OFFSET),
+            Ordering::Relaxed,
+        );
+    }
+    fn load_flags(&self) -> u32 {
+        self.mem
+            .load(GuestAddress(self.gpa + FLAGS_OFFSET), Ordering::Relaxed)
+            .unwrap_or(0)
     }
 }
 

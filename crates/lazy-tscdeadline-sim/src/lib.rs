@@ -37,4 +37,4 @@ pub use devices::{FakeTimer, Interrupt, RecordingIrq, VirtualClock};
 pub use guest_side::{MemShared, TrapBridge};
 pub use reference::EagerModel;
 pub use scenario::{GuestKind, Op, Outcome, Scenario, ScenarioError, MAX_KICKS_PER_ADVANCE};
-pub use vcpu::{HostCell, SimHost, SimMemory, SimVcpu, TIMER_VECTOR};
+pub use vcpu::{HostCell, Policy, SimHost, SimMemory, SimVcpu, TIMER_VECTOR};

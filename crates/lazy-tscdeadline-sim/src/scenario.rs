@@ -7,7 +7,7 @@ use lazy_tscdeadline_host::Counters;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::reference::{masked, tsc_deadline_mode, LVT_RESET, MASK_BIT};
-use crate::{EagerModel, Interrupt, SimVcpu, TIMER_VECTOR};
+use crate::{EagerModel, Interrupt, Policy, SimVcpu, TIMER_VECTOR};
 
 /// Upper bound on the host timer expiries one time step may deliver. The
 /// host must settle every deadline in a bounded number of kicks; reaching
@@ -75,6 +75,9 @@ pub enum Op {
         /// Value.
         value: u64,
     },
+    /// Hostile: store `pending` without the fence, the load of `armed` or
+    /// a trap (e.g. 0: an exitless cancel, whether offered or not).
+    StorePendingOnly(u64),
     /// Hostile: WRMSR of any MSR and value straight to the host.
     RawWrmsr {
         /// MSR index.
@@ -95,7 +98,8 @@ pub struct Outcome {
     pub host_trapped_writes: u64,
     /// Writes the protocol requires to trap (every write while the guest is
     /// not registered, else `armed == 0 || t < armed` with `armed` the
-    /// deadline the host has published).
+    /// deadline (or grace deadline) the host has published, except a
+    /// cancellation with `armed != 0` under negotiated exitless cancel).
     pub necessary_traps: u64,
     /// Guest setter counters.
     pub guest: GuestStats,
@@ -177,6 +181,7 @@ pub struct Scenario {
     vcpu: SimVcpu,
     reference: EagerModel,
     kind: GuestKind,
+    policy: Policy,
     honest: bool,
     last: u64,
     /// The LVT timer register as the guest programmed it.
@@ -201,11 +206,12 @@ impl Scenario {
         Rc::new(GuestMemoryMmap::from_ranges(&ranges).expect("simulator RAM"))
     }
 
-    fn new(kind: GuestKind, honest: bool) -> Self {
+    fn new(kind: GuestKind, policy: Policy, honest: bool) -> Self {
         Scenario {
-            vcpu: SimVcpu::new(Self::memory(), STRUCT_GPA, kind == GuestKind::Lazy),
+            vcpu: SimVcpu::with_policy(Self::memory(), STRUCT_GPA, kind == GuestKind::Lazy, policy),
             reference: EagerModel::new(kind == GuestKind::Lazy),
             kind,
+            policy,
             honest,
             last: 0,
             lvt: LVT_RESET,
@@ -217,11 +223,17 @@ impl Scenario {
         }
     }
 
-    /// Replays `ops` with an honest guest, checking after every step that
-    /// the trap decision follows the protocol, that work stays bounded and
-    /// that host and guest memory agree.
+    /// Replays `ops` with an honest guest and the default [`Policy`],
+    /// checking after every step that the trap decision follows the
+    /// protocol, that work stays bounded and that host and guest memory
+    /// agree.
     pub fn run(kind: GuestKind, ops: &[Op]) -> Result<Outcome, ScenarioError> {
-        let mut s = Scenario::new(kind, true);
+        Self::run_with(kind, Policy::default(), ops)
+    }
+
+    /// As [`run`](Self::run), with the given policies.
+    pub fn run_with(kind: GuestKind, policy: Policy, ops: &[Op]) -> Result<Outcome, ScenarioError> {
+        let mut s = Scenario::new(kind, policy, true);
         for (step, op) in ops.iter().enumerate() {
             s.step(step, *op)?;
         }
@@ -232,7 +244,15 @@ impl Scenario {
     /// write arbitrary MSR values; checks only that the host stays
     /// consistent and its work bounded. Returns the final vCPU too.
     pub fn run_hostile(ops: &[Op]) -> Result<(Outcome, SimVcpu), ScenarioError> {
-        let mut s = Scenario::new(GuestKind::Lazy, false);
+        Self::run_hostile_with(Policy::default(), ops)
+    }
+
+    /// As [`run_hostile`](Self::run_hostile), with the given policies.
+    pub fn run_hostile_with(
+        policy: Policy,
+        ops: &[Op],
+    ) -> Result<(Outcome, SimVcpu), ScenarioError> {
+        let mut s = Scenario::new(GuestKind::Lazy, policy, false);
         for (step, op) in ops.iter().enumerate() {
             s.step(step, *op)?;
         }
@@ -427,6 +447,10 @@ impl Scenario {
                 assert!(!self.honest, "scribbling is a hostile op");
                 self.vcpu.scribble(u64::from(offset), value);
             }
+            Op::StorePendingOnly(value) => {
+                assert!(!self.honest, "storing pending only is a hostile op");
+                self.vcpu.store_pending_only(value);
+            }
             Op::RawWrmsr { index, value } => {
                 assert!(!self.honest, "raw MSR writes are hostile ops");
                 let _ = self.vcpu.raw_msr_write(index, value);
@@ -451,20 +475,28 @@ impl Scenario {
     }
 
     fn write(&mut self, step: usize, t: u64) -> Result<(), ScenarioError> {
-        // The trap oracle, written from the protocol and the host's own
-        // copy of what it published, not from the guest crate: a write
-        // must trap iff the guest is not registered, nothing is published,
-        // or it is earlier than the published deadline. (Honest guests
-        // only: a hostile one scribbles `armed` and traps as it likes.)
+        // The trap oracle, written from the protocol, the host's own copy of
+        // what it published (a deadline or a grace deadline) and the
+        // negotiated policy, not from the guest crate: a write must trap
+        // iff the guest is not registered, nothing is published, or it is
+        // earlier than the published `armed`; except that under exitless
+        // cancel (the host offers it and the guest honours it) a cancel
+        // with something published does not. (Honest guests only: a
+        // hostile one scribbles `armed` and traps as it likes.)
         let armed = {
             let host = self.vcpu.host();
-            if self.registered && host.is_published() {
-                host.deadline()
+            if self.registered {
+                host.armed()
             } else {
                 0
             }
         };
-        let necessary = armed == 0 || t < armed;
+        let exitless = self.registered && self.policy.exitless_negotiated();
+        let necessary = if exitless && t == 0 && armed != 0 {
+            false
+        } else {
+            armed == 0 || t < armed
+        };
         let outcome = self.vcpu.write_deadline(t);
         if self.honest && (outcome == WriteOutcome::Trapped) != necessary {
             return Err(ScenarioError::WrongTrap {

@@ -4,12 +4,12 @@ use std::cell::{Ref, RefCell};
 use std::rc::Rc;
 
 use lazy_tscdeadline_abi::{
-    ARMED_OFFSET, LAZY_TSCDEADLINE_SIZE, MSR_KVM_LAZY_TSCDEADLINE, PENDING_OFFSET,
+    ARMED_OFFSET, FLAGS_OFFSET, LAZY_TSCDEADLINE_SIZE, MSR_KVM_LAZY_TSCDEADLINE, PENDING_OFFSET,
 };
 use lazy_tscdeadline_guest::{DeadlineSetter, WriteOutcome};
 use lazy_tscdeadline_host::{
-    Config, GuestClock, KickOutcome, LvtTimer, ReadMsrError, StateError, TimerSnapshot,
-    TscDeadlineTimer, WriteMsrError,
+    Config, GracePolicy, GuestClock, KickOutcome, LvtTimer, ReadMsrError, StateError,
+    TimerSnapshot, TscDeadlineTimer, WriteMsrError,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -21,12 +21,93 @@ pub type SimMemory = Rc<GuestMemoryMmap>;
 /// The host timer type the simulator instantiates.
 pub type SimHost = TscDeadlineTimer<SimMemory, FakeTimer, VirtualClock, RecordingIrq>;
 
+/// The policies of one simulated vCPU: the host's grace policy and exitless
+/// cancel offer, and whether the guest honours the offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The host's grace policy.
+    pub grace: GracePolicy,
+    /// Whether the host offers exitless cancel (sets the flag).
+    pub exitless_offered: bool,
+    /// Whether the guest's setter honours the offer (false: an RFC guest).
+    pub guest_exitless: bool,
+}
+
+impl Default for Policy {
+    /// The crates' defaults: [`Config::new`]'s policies, a guest that
+    /// honours exitless cancel.
+    fn default() -> Self {
+        let c = Config::new();
+        Policy {
+            grace: c.grace,
+            exitless_offered: c.exitless_cancel,
+            guest_exitless: true,
+        }
+    }
+}
+
+impl Policy {
+    /// The RFC on both sides.
+    pub const RFC: Policy = Policy {
+        grace: GracePolicy::Off,
+        exitless_offered: false,
+        guest_exitless: false,
+    };
+
+    /// Every combination the tests cover: host grace off, fixed short,
+    /// fixed long, adaptive (small bounds, so that it moves within
+    /// simulated time scales) and the crate default, times exitless cancel
+    /// offered or not, times an RFC or a new guest.
+    pub fn all() -> Vec<Policy> {
+        let graces = [
+            GracePolicy::Off,
+            GracePolicy::Fixed(1),
+            GracePolicy::Fixed(40),
+            GracePolicy::Fixed(3_000),
+            GracePolicy::Adaptive {
+                initial: 50,
+                min: 2,
+                max: 2_000,
+            },
+            GracePolicy::DEFAULT,
+        ];
+        let mut v = Vec::new();
+        for grace in graces {
+            for exitless_offered in [false, true] {
+                for guest_exitless in [false, true] {
+                    v.push(Policy {
+                        grace,
+                        exitless_offered,
+                        guest_exitless,
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether exitless cancel is in force once the guest registered.
+    pub fn exitless_negotiated(&self) -> bool {
+        self.exitless_offered && self.guest_exitless
+    }
+
+    /// The host configuration.
+    pub fn config(&self, lazy_advertised: bool) -> Config {
+        Config::new()
+            .with_lazy_advertised(lazy_advertised)
+            .with_grace(self.grace)
+            .with_exitless_cancel(self.exitless_offered)
+    }
+}
+
 /// What the simulated collaborators return: they never fail.
 const INFALLIBLE: &str = "the simulator's host timer and interrupt sink do not fail";
 
 /// The host timer, shared by the vCPU and the guest's trap bridge. Every
 /// host operation runs through [`HostCell::with`], which checks that it
-/// changed no byte of guest memory but `armed` of a registered struct.
+/// changed no byte of guest memory but `armed` of a registered struct, and
+/// `flags` of the struct a successful enabling registration registered (to
+/// exactly the flags the host offers).
 #[derive(Clone, Debug)]
 pub struct HostCell {
     host: Rc<RefCell<SimHost>>,
@@ -51,8 +132,14 @@ impl HostCell {
     /// the struct registered before and after, and of `extra`, before and
     /// after the operation: only the `armed` field of the struct registered
     /// before or after may change (the guest does not run meanwhile).
+    ///
+    /// `flags` (bytes 16..20) of the struct registered after the operation
+    /// may change only if the operation was a successful enabling
+    /// registration (the host's `registrations` counter grew), and only to
+    /// the flags its configuration offers.
     pub fn with<R>(&self, extra: Option<u64>, f: impl FnOnce(&mut SimHost) -> R) -> R {
         let before_area = self.host.borrow().registration().gpa();
+        let registrations_before = self.host.borrow().counters().registrations;
         let mut gpas = vec![self.watch];
         gpas.extend(before_area);
         gpas.extend(extra);
@@ -61,14 +148,25 @@ impl HostCell {
         let before: Vec<_> = gpas.iter().map(|&g| (g, self.window(g))).collect();
         let r = f(&mut self.host.borrow_mut());
         let after_area = self.host.borrow().registration().gpa();
+        let registered = self.host.borrow().counters().registrations > registrations_before;
+        let offered = self.host.borrow().config().offered_flags().to_le_bytes();
+        let flags = FLAGS_OFFSET as usize..FLAGS_OFFSET as usize + 4;
         for (gpa, old) in before {
             let (Some(old), Some(new)) = (old, self.window(gpa)) else {
                 continue;
             };
             let armed_allowed = Some(gpa) == before_area || Some(gpa) == after_area;
+            let flags_allowed = registered && Some(gpa) == after_area;
+            if flags_allowed && new[flags.clone()] != offered {
+                self.violations.borrow_mut().push(format!(
+                    "registration at {gpa:#x} left flags {:x?}, the host offers {offered:x?}",
+                    &new[flags.clone()]
+                ));
+            }
             for (i, (a, b)) in old.iter().zip(new.iter()).enumerate() {
                 let in_armed = (ARMED_OFFSET as usize..ARMED_OFFSET as usize + 8).contains(&i);
-                if a != b && !(armed_allowed && in_armed) {
+                let in_flags = flags.contains(&i);
+                if a != b && !(armed_allowed && in_armed) && !(flags_allowed && in_flags) {
                     self.violations.borrow_mut().push(format!(
                         "the host wrote byte {i} of the struct at {gpa:#x} ({a:#x} -> {b:#x}); registered before {before_area:x?}, after {after_area:x?}"
                     ));
@@ -106,8 +204,14 @@ pub struct SimVcpu {
 }
 
 impl SimVcpu {
-    /// A vCPU whose struct (when registered) lives at `gpa` in `mem`.
+    /// A vCPU whose struct (when registered) lives at `gpa` in `mem`, with
+    /// the default [`Policy`].
     pub fn new(mem: SimMemory, gpa: u64, lazy_advertised: bool) -> Self {
+        Self::with_policy(mem, gpa, lazy_advertised, Policy::default())
+    }
+
+    /// A vCPU with the given policies.
+    pub fn with_policy(mem: SimMemory, gpa: u64, lazy_advertised: bool, policy: Policy) -> Self {
         let clock = VirtualClock::default();
         let timer = FakeTimer::default();
         let irq = RecordingIrq::new(clock.clone());
@@ -118,13 +222,14 @@ impl SimVcpu {
                 clock.clone(),
                 irq.clone(),
                 LvtTimer::RESET,
-                Config::new().with_lazy_advertised(lazy_advertised),
+                policy.config(lazy_advertised),
             ))),
             mem: mem.clone(),
             watch: gpa,
             violations: Rc::default(),
         };
-        let guest = DeadlineSetter::new(TrapBridge::new(host.clone()));
+        let guest = DeadlineSetter::new(TrapBridge::new(host.clone()))
+            .with_exitless_cancel(policy.guest_exitless);
         SimVcpu {
             clock,
             timer,
@@ -173,6 +278,15 @@ impl SimVcpu {
     /// A raw RDMSR from the guest.
     pub fn raw_msr_read(&self, index: u32) -> Result<u64, ReadMsrError> {
         self.host.with(None, |h| h.read_msr(index))
+    }
+
+    /// The guest stores `pending` without the fence, the load of `armed`
+    /// or any trap (hostile guests: e.g. an exitless cancel the host did
+    /// not offer).
+    pub fn store_pending_only(&mut self, value: u64) {
+        let _ = self
+            .mem
+            .write_obj(value, GuestAddress(self.gpa + PENDING_OFFSET));
     }
 
     /// The guest writes an arbitrary value at `offset` (0..64, rounded down
@@ -303,20 +417,33 @@ impl SimVcpu {
             return Err(v.clone());
         }
         let host = self.host.host.borrow();
-        let d = host.deadline();
-        match (d, self.timer.deadline()) {
+        let (d, g) = (host.deadline(), host.grace_deadline());
+        if d != 0 && g != 0 {
+            return Err(format!("deadline {d} and grace deadline {g} both armed"));
+        }
+        let target = d.max(g);
+        match (target, self.timer.deadline()) {
             (0, None) => {}
             (d, Some(t)) if d == t && d != 0 => {}
-            (d, t) => return Err(format!("host deadline {d} but host timer {t:?}")),
+            (d, t) => return Err(format!("host timer target {d} but host timer {t:?}")),
         }
         if host.is_published() && !host.registration().is_enabled() {
             return Err("published without a registration".into());
         }
+        if g != 0 && !host.is_published() {
+            return Err(format!("grace deadline {g} not published"));
+        }
+        if g != 0 && !host.config().grace.is_on() {
+            return Err(format!("grace deadline {g} with the grace policy off"));
+        }
         if honest && host.registration().is_enabled() {
             let armed = self.shared_fields().0;
-            let want = if host.is_published() { d } else { 0 };
-            if armed != want {
-                return Err(format!("armed in memory {armed}, host published {want}"));
+            let want = if host.is_published() { target } else { 0 };
+            if armed != want || host.armed() != want {
+                return Err(format!(
+                    "armed in memory {armed}, host published {want} (armed() says {})",
+                    host.armed()
+                ));
             }
         }
         Ok(())

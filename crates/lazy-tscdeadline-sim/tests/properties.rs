@@ -3,7 +3,8 @@
 //! `PROPTEST_CASES` says otherwise.
 
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
-use lazy_tscdeadline_sim::{GuestKind, Op, Scenario};
+use lazy_tscdeadline_host::GracePolicy;
+use lazy_tscdeadline_sim::{GuestKind, Op, Policy, Scenario};
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -69,6 +70,11 @@ fn scenario(late: bool) -> impl Strategy<Value = Vec<Op>> {
     })
 }
 
+/// One of the policy combinations of [`Policy::all`].
+fn policy() -> impl Strategy<Value = Policy> {
+    prop::sample::select(Policy::all())
+}
+
 fn hostile_op() -> impl Strategy<Value = Op> {
     let msr = prop_oneof![
         Just(MSR_IA32_TSC_DEADLINE),
@@ -83,6 +89,10 @@ fn hostile_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => honest_op(true),
         3 => (any::<u8>(), any::<u64>()).prop_map(|(offset, value)| Op::Scribble { offset, value }),
+        // `flags` in particular (offset 16; the u64 covers pad[0] too).
+        1 => any::<u64>().prop_map(|value| Op::Scribble { offset: 16, value }),
+        // Exitless cancels whether offered or not, and other silent stores.
+        2 => prop_oneof![Just(0u64), any::<u64>(), 1u64..10_000].prop_map(Op::StorePendingOnly),
         2 => (msr, reg_value).prop_map(|(index, value)| Op::RawWrmsr { index, value }),
     ]
 }
@@ -93,16 +103,24 @@ proptest! {
     /// With host expiries delivered on time, the interrupt trace of the
     /// lazy protocol (which deadlines fire, at what virtual time, with what
     /// vector) equals plain eager IA32_TSC_DEADLINE behaviour for the same
-    /// guest writes; so does the host crate's own eager emulation. The
-    /// reference follows the SDM: masked writes arm, the mask suppresses
-    /// only delivery, an expiry while masked is dropped, only a mode change,
-    /// a write of 0 or reset disarm.
+    /// guest writes, under every policy combination (host grace off /
+    /// fixed short and long / adaptive / default, exitless cancel offered
+    /// or not, an RFC or a new guest); so does the host crate's own eager
+    /// emulation. The reference follows the SDM: masked writes arm, the
+    /// mask suppresses only delivery, an expiry while masked is dropped,
+    /// only a mode change, a write of 0 or reset disarm. Every run also
+    /// checks each write's trap decision against the simulator's own
+    /// necessary-trap oracle.
     #[test]
     fn on_time_traces_equal_eager_reference(ops in scenario(false)) {
-        for kind in [GuestKind::Lazy, GuestKind::Eager] {
-            let out = Scenario::run(kind, &ops).map_err(|e| TestCaseError::fail(format!("{kind:?}: {e:?}")))?;
-            prop_assert_eq!(&out.interrupts, &out.reference, "{:?}", kind);
+        for policy in Policy::all() {
+            let out = Scenario::run_with(GuestKind::Lazy, policy, &ops)
+                .map_err(|e| TestCaseError::fail(format!("{policy:?}: {e:?}")))?;
+            prop_assert_eq!(&out.interrupts, &out.reference, "{:?}", policy);
+            prop_assert_eq!(out.host_trapped_writes, out.necessary_traps, "{:?}", policy);
         }
+        let out = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("eager: {e:?}")))?;
+        prop_assert_eq!(&out.interrupts, &out.reference);
     }
 
     /// With late host expiries too: never early, never spurious or
@@ -113,40 +131,59 @@ proptest! {
     /// Lazy delivers at most what eager delivers: already-passed deadlines
     /// written while the host is late are served by the one late expiry
     /// (they never trap). The eager host matches the reference exactly.
+    /// Under every policy combination.
     #[test]
     fn never_early_lost_spurious_or_duplicated(ops in scenario(true)) {
-        let out = Scenario::run(GuestKind::Lazy, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert!(out.interrupts.len() <= out.reference.len(), "more interrupts than eager");
-        prop_assert_eq!(out.counters.injections as usize, out.interrupts.len());
+        for policy in Policy::all() {
+            let out = Scenario::run_with(GuestKind::Lazy, policy, &ops)
+                .map_err(|e| TestCaseError::fail(format!("{policy:?}: {e:?}")))?;
+            prop_assert!(out.interrupts.len() <= out.reference.len(), "more interrupts than eager: {:?}", policy);
+            prop_assert_eq!(out.counters.injections as usize, out.interrupts.len());
+        }
         let eager = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(&eager.interrupts, &eager.reference);
     }
 
     /// The host sees exactly the writes the protocol must trap
-    /// (`armed == 0 || t < armed` at the time of the write), no exit of the
-    /// implementation's own.
+    /// (`armed == 0 || t < armed` at the time of the write, with `armed`
+    /// what the host published, a deadline or a grace deadline; a cancel
+    /// with `armed != 0` does not trap only under negotiated exitless
+    /// cancel), no exit of the implementation's own, under every policy
+    /// (late expiries too). Exitless cancels happen only when negotiated.
     #[test]
     fn traps_are_exactly_the_necessary_ones(ops in scenario(true)) {
-        let out = Scenario::run(GuestKind::Lazy, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert_eq!(out.host_trapped_writes, out.necessary_traps);
-        prop_assert_eq!(out.guest.traps, out.necessary_traps);
+        for policy in Policy::all() {
+            let out = Scenario::run_with(GuestKind::Lazy, policy, &ops)
+                .map_err(|e| TestCaseError::fail(format!("{policy:?}: {e:?}")))?;
+            prop_assert_eq!(out.host_trapped_writes, out.necessary_traps, "{:?}", policy);
+            prop_assert_eq!(out.guest.traps, out.necessary_traps, "{:?}", policy);
+            if !policy.exitless_negotiated() {
+                prop_assert_eq!(out.guest.exitless_cancels, 0, "{:?}", policy);
+            }
+            if !policy.grace.is_on() {
+                prop_assert_eq!(out.counters.grace_arms + out.counters.grace_expiries, 0);
+            }
+        }
         let eager = Scenario::run(GuestKind::Eager, &ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(eager.host_trapped_writes, eager.guest.writes);
     }
 
     /// Snapshot/restore at any point changes nothing the guest can observe.
     #[test]
-    fn snapshots_anywhere_are_invisible(ops in scenario(true), at in prop::collection::vec(any::<prop::sample::Index>(), 1..6)) {
+    fn snapshots_anywhere_are_invisible(ops in scenario(true), at in prop::collection::vec(any::<prop::sample::Index>(), 1..6), policy in policy()) {
         let mut with = ops.clone();
         for i in at {
             let pos = i.index(with.len());
             with.insert(pos, Op::Snapshot);
         }
         let plain: Vec<Op> = ops.into_iter().filter(|o| *o != Op::Snapshot).collect();
-        let a = Scenario::run(GuestKind::Lazy, &plain).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let b = Scenario::run(GuestKind::Lazy, &with).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let a = Scenario::run_with(GuestKind::Lazy, policy, &plain).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let b = Scenario::run_with(GuestKind::Lazy, policy, &with).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(a.interrupts, b.interrupts);
         prop_assert_eq!(a.host_trapped_writes, b.host_trapped_writes);
+        // The grace state (and the adaptive length) survive the snapshot.
+        prop_assert_eq!(a.counters.grace_arms, b.counters.grace_arms);
+        prop_assert_eq!(a.counters.grace_hits, b.counters.grace_hits);
     }
 
     /// A hostile guest (garbage in its struct, arbitrary MSR values): no
@@ -157,11 +194,11 @@ proptest! {
     /// host operation, byte by byte, around each one; `check_invariants`
     /// reports any other change).
     #[test]
-    fn hostile_guest_cannot_break_the_host(body in prop::collection::vec(hostile_op(), 1..120)) {
+    fn hostile_guest_cannot_break_the_host(body in prop::collection::vec(hostile_op(), 1..120), policy in policy()) {
         let mut ops = vec![Op::LvtDeadline, Op::Register];
         ops.extend(body);
         ops.push(Op::Advance(u64::MAX / 2));
-        let (_, vcpu) = Scenario::run_hostile(&ops).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let (_, vcpu) = Scenario::run_hostile_with(policy, &ops).map_err(|e| TestCaseError::fail(format!("{policy:?}: {e:?}")))?;
         // (`run_hostile` checked the host's consistency after every step.)
         // A registered struct is entirely inside RAM.
         let registration = vcpu.host().registration();
@@ -179,5 +216,176 @@ impl InRange for std::rc::Rc<vm_memory::GuestMemoryMmap> {
     fn address_in_range_all(&self, gpa: u64) -> bool {
         let mut buf = [0u8; 64];
         self.read_slice(&mut buf, GuestAddress(gpa)).is_ok()
+    }
+}
+
+/// A prompt guest: each request programs a deadline 1000 ahead and pushes
+/// it later twice as time passes; it then fires, or is cancelled 30 after
+/// the request began (one request in `cancel_every`); the next request
+/// comes at once.
+fn prompt_guest(requests: usize, cancel_every: usize) -> Vec<Op> {
+    let mut ops = vec![Op::LvtDeadline, Op::Register];
+    for i in 0..requests {
+        ops.push(Op::WriteIn(1_000));
+        ops.push(Op::Advance(10));
+        ops.push(Op::WriteIn(1_000));
+        ops.push(Op::Advance(10));
+        ops.push(Op::WriteIn(1_000));
+        if cancel_every != 0 && i % cancel_every == 0 {
+            ops.push(Op::Advance(10));
+            ops.push(Op::WriteZero);
+        } else {
+            ops.push(Op::Advance(1_000));
+        }
+    }
+    ops.push(Op::Advance(u64::MAX / 2));
+    ops
+}
+
+/// Not vacuous: with the RFC every request's first deadline traps (and
+/// every cancel); a fixed grace period that the prompt guest comes back
+/// within removes all traps but the first and the cancels', at one host
+/// wake-up per fired or cancelled deadline; exitless cancel removes the
+/// cancels' traps only when both sides agree. Interrupts equal the
+/// reference in every case.
+#[test]
+fn grace_and_exitless_cancel_remove_the_traps_they_should() {
+    let ops = prompt_guest(20, 4);
+    let run = |p: Policy| {
+        let out = Scenario::run_with(GuestKind::Lazy, p, &ops).unwrap();
+        assert_eq!(out.interrupts, out.reference, "{p:?}");
+        assert_eq!(out.interrupts.len(), 15, "{p:?}");
+        out
+    };
+    let rfc = run(Policy::RFC);
+    // 20 first deadlines + 5 cancels.
+    assert_eq!(rfc.host_trapped_writes, 25);
+    let fixed = Policy {
+        grace: GracePolicy::Fixed(500),
+        ..Policy::RFC
+    };
+    let grace = run(fixed);
+    // Only the very first deadline traps, and the cancels (0 < armed).
+    assert_eq!(grace.host_trapped_writes, 1 + 5);
+    // A grace period after each of the 15 interrupts and 5 cancels. Four
+    // of them end at the trapped cancel of the next request (itself the
+    // start of a new one), the others expire and find the next deadline,
+    // but the last.
+    assert_eq!(grace.counters.grace_arms, 20);
+    assert_eq!(grace.counters.grace_expiries, 16);
+    assert_eq!(grace.counters.grace_hits, 15);
+    let both = run(Policy {
+        exitless_offered: true,
+        guest_exitless: true,
+        ..fixed
+    });
+    assert_eq!(both.host_trapped_writes, 1);
+    assert_eq!(both.guest.exitless_cancels, 5);
+    // A grace period only after the interrupts now; each expires and finds
+    // the next deadline, but the last.
+    assert_eq!(both.counters.grace_arms, 15);
+    assert_eq!(both.counters.grace_expiries, 15);
+    assert_eq!(both.counters.grace_hits, 14);
+    // Our guest on a host that does not offer it, and an RFC guest on a
+    // host that does: the cancels trap.
+    for (exitless_offered, guest_exitless) in [(false, true), (true, false)] {
+        let p = Policy {
+            exitless_offered,
+            guest_exitless,
+            ..fixed
+        };
+        let out = run(p);
+        assert_eq!(out.host_trapped_writes, 6, "{p:?}");
+        assert_eq!(out.guest.exitless_cancels, 0, "{p:?}");
+    }
+    // Exitless cancel alone: the cancels no longer trap, the next deadline
+    // (later than the cancelled `armed`) neither.
+    let exitless = run(Policy {
+        exitless_offered: true,
+        guest_exitless: true,
+        ..Policy::RFC
+    });
+    assert_eq!(exitless.host_trapped_writes, 15);
+    // A grace period longer than the guest's deadlines makes them trap
+    // (t < armed): still correct, no saving.
+    let long = run(Policy {
+        grace: GracePolicy::Fixed(5_000),
+        ..Policy::RFC
+    });
+    assert_eq!(long.host_trapped_writes, 25);
+    // The adaptive policy, started far too long, learns to fit after one
+    // trap: (1000 - 0) / 2 = 500.
+    let adaptive = run(Policy {
+        grace: GracePolicy::Adaptive {
+            initial: 50_000,
+            min: 1,
+            max: 100_000,
+        },
+        ..Policy::RFC
+    });
+    assert_eq!(adaptive.host_trapped_writes, 1 + 1 + 5);
+    // Started far too short, it learns from the trap after a missed period.
+    let adaptive = run(Policy {
+        grace: GracePolicy::Adaptive {
+            initial: 1,
+            min: 1,
+            max: 100_000,
+        },
+        ..Policy::RFC
+    });
+    assert!(
+        adaptive.host_trapped_writes <= 1 + 2 + 5,
+        "{}",
+        adaptive.host_trapped_writes
+    );
+}
+
+/// Hostile guests against the new mechanisms, spelled out: a guest that
+/// sets the exitless-cancel bit in `flags` itself on a host that does not
+/// offer it, then cancels by storing `pending = 0` without trapping; one
+/// that scribbles `flags` and `pending` during a grace period; one that
+/// stores the delivered value again without trapping. No panic, bounded
+/// work, only `armed` written (checked after every step by
+/// `run_hostile_with`), and the host delivers nothing it should not: a
+/// silent cancel just cancels (this host treats `pending == 0` at an
+/// expiry as a cancel whatever it offered), and a stale value found by a
+/// grace expiry is nothing new.
+#[test]
+fn hostile_flags_and_silent_pending_stores() {
+    for policy in Policy::all() {
+        let ops = [
+            Op::LvtDeadline,
+            Op::Register,
+            Op::Scribble {
+                offset: 16,
+                value: u64::MAX,
+            },
+            Op::WriteIn(100),
+            Op::StorePendingOnly(0),
+            Op::Advance(1_000),
+        ];
+        let (out, vcpu) = Scenario::run_hostile_with(policy, &ops).unwrap();
+        assert!(
+            out.interrupts.is_empty(),
+            "{policy:?}: {:?}",
+            out.interrupts
+        );
+        assert_eq!(vcpu.host().deadline(), 0);
+        let ops = [
+            Op::LvtDeadline,
+            Op::Register,
+            Op::WriteIn(100),
+            Op::Advance(100),
+            // A grace period (if any) is running: pending still holds the
+            // delivered deadline; scribble flags, store it again silently.
+            Op::Scribble {
+                offset: 16,
+                value: 1,
+            },
+            Op::StorePendingOnly(100),
+            Op::Advance(1_000_000_000),
+        ];
+        let (out, _) = Scenario::run_hostile_with(policy, &ops).unwrap();
+        assert_eq!(out.interrupts.len(), 1, "{policy:?}: {:?}", out.interrupts);
     }
 }

@@ -25,6 +25,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use kvm_ioctls::{Kvm, VcpuExit};
+//! use lazy_tscdeadline_kvm::lazy_tscdeadline_host::Config;
 //! use lazy_tscdeadline_kvm::{
 //!     setup, GuestTsc, MsrOutcome, MsrRouting, RoutingPolicy, SignalKicker, VcpuTimer,
 //!     VcpuTimerParts,
@@ -53,7 +54,7 @@
 //!     mem: mem.clone(),
 //!     vm: vm.clone(),
 //!     clock: GuestTsc::from_vcpu(&vcpu)?,
-//!     lazy_advertised: true,
+//!     config: Config::new().with_lazy_advertised(true),
 //! };
 //! let timer = Arc::new(VcpuTimer::new(&vcpu, parts, routing.clone(), kicker.clone())?);
 //!

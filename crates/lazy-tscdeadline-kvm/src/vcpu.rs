@@ -132,8 +132,10 @@ pub struct VcpuTimerParts<M, V> {
     pub vm: V,
     /// The guest TSC of this vCPU.
     pub clock: GuestTsc,
-    /// Whether the guest's CPUID advertises the feature.
-    pub lazy_advertised: bool,
+    /// The host timer's configuration: whether the guest's CPUID advertises
+    /// the feature, and the policies (`Config::new()`: grace re-arm and
+    /// exitless cancel offered; `Config::rfc()`: the RFC's behaviour).
+    pub config: Config,
 }
 
 impl<M, V> VcpuTimer<M, V>
@@ -152,7 +154,7 @@ where
         routing: Arc<MsrRouting<V>>,
         kicker: Arc<dyn VcpuKicker>,
     ) -> Result<Self, SetupError> {
-        let config = Config::new().with_lazy_advertised(parts.lazy_advertised);
+        let config = parts.config;
         let host_timer = TimerFdTimer::new(parts.clock)?;
         let timer = TscDeadlineTimer::new(
             parts.mem,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, MsrExitReason, ReadMsrExit, VcpuFd, VmFd, WriteMsrExit};
-use lazy_tscdeadline_host::{GuestClock, KickOutcome};
+use lazy_tscdeadline_host::{Config, GuestClock, KickOutcome};
 use lazy_tscdeadline_kvm::{
     setup, GuestTsc, MsrOutcome, MsrRouting, RoutingPolicy, VcpuKicker, VcpuTimer, VcpuTimerParts,
 };
@@ -108,7 +108,7 @@ impl Rig {
                 mem: mem.clone(),
                 vm: vm.clone(),
                 clock,
-                lazy_advertised: true,
+                config: Config::new().with_lazy_advertised(true),
             };
             let timer = VcpuTimer::new(&vcpu, parts, routing.clone(), kicker.clone()).unwrap();
             (vcpu, timer, kicker, clock)
@@ -448,7 +448,7 @@ fn save_and_restore_into_a_fresh_vm_keeps_the_deadline_paused_until_resumed() {
         mem: fresh.mem.clone(),
         vm: fresh.vm.clone(),
         clock: fresh.clock,
-        lazy_advertised: true,
+        config: Config::new().with_lazy_advertised(true),
     };
     let restored = VcpuTimer::restore(
         &fresh.vcpu,

@@ -114,7 +114,8 @@ pub struct Params {
     pub seed: u64,
     /// Per-mille of pushes that move the deadline earlier instead.
     pub early_per_mille: u64,
-    /// One request in `cancel_one_in` is cancelled instead of awaited.
+    /// One request in `cancel_one_in` is cancelled instead of awaited (0:
+    /// none is).
     pub cancel_one_in: u64,
     /// A wait that lasts longer than deadline + this is a miss.
     pub miss_bound_tsc: u64,

@@ -246,7 +246,10 @@ fn requests(w: &mut Workload<'_>, p: &Params) -> Counts {
             let d = rdtsc() + if earlier { timeout / 2 } else { timeout };
             w.set(d);
         }
-        if rng.next().is_multiple_of(p.cancel_one_in.max(1)) {
+        // Drawn whether or not cancels are on, so that the deadlines of a
+        // seed do not depend on the cancel rate.
+        let draw = rng.next();
+        if p.cancel_one_in != 0 && draw.is_multiple_of(p.cancel_one_in) {
             w.set(0);
             c.cancels += 1;
         } else {

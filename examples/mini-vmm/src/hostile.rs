@@ -40,7 +40,16 @@ impl HostileFigures {
     /// Timer events the host handled for this vCPU.
     fn host_events(&self) -> u64 {
         let c = &self.counters;
-        c.rearms + c.early_expiries + c.stale_expiries + c.kick_cancels + c.injections
+        // Grace expiries that found something new are counted as the
+        // re-arm or injection they led to; the others (and masked
+        // expiries) are wake-ups of their own.
+        c.rearms
+            + c.early_expiries
+            + c.stale_expiries
+            + c.kick_cancels
+            + c.injections
+            + c.masked_expiries
+            + c.grace_expiries.saturating_sub(c.grace_hits)
     }
 
     fn actions(&self) -> u64 {

@@ -14,6 +14,9 @@
 //! ```
 //! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
 //! (including a missing /dev/kvm or KVM capability).
+// The report's JSON object has more fields than serde_json's `json!`
+// expands at the default recursion limit.
+#![recursion_limit = "256"]
 
 // Module dependencies (acyclic; each arrow is "uses"):
 //   main -> sweep, hostile, masking -> report -> vm -> expiry -> vcpu
@@ -103,7 +106,8 @@ fn parse_args() -> Result<Args, Error> {
                     .map_err(|e| Error::Usage(format!("--vcpus: {e}")))?
             }
             "--early-per-mille" => a.workload.early_per_mille = num("--early-per-mille")?,
-            "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?.max(1),
+            // 0: no request is cancelled.
+            "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?,
             "--execution" => a.workload.execution = Execution::parse(it.next())?,
             "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
             other => return Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use lazy_tscdeadline_kvm::lazy_tscdeadline_host::Config;
 use lazy_tscdeadline_kvm::RoutingPolicy;
 
 use crate::layout::{REGISTER_AT_BOOT, REGISTER_MID_RUN, REGISTER_NEVER};
@@ -17,7 +18,11 @@ pub enum Mode {
     Kernel,
     /// Every 0x6e0 write exits to the VMM, the feature is not advertised.
     Eager,
-    /// As eager, the feature advertised and the guest registered from boot.
+    /// As lazy, with the host behaving as the RFC (no grace re-arm, no
+    /// exitless cancel offered).
+    LazyRfc,
+    /// As eager, the feature advertised and the guest registered from boot;
+    /// the host's policies (grace re-arm, exitless cancel).
     Lazy,
     /// The feature advertised with opt-in routing; the guest never
     /// registers.
@@ -86,6 +91,9 @@ pub struct ModeSpec {
     pub routing: Option<RoutingPolicy>,
     /// What the guest does.
     pub registration: Registration,
+    /// The host timer's policies (`lazy_advertised` is set from
+    /// `advertised`).
+    pub host: Config,
     /// The VMM-side 0x6e0 exits the run must show.
     pub exits: ExpectedExits,
     /// Its colour in the sweep's plot (RGB).
@@ -93,13 +101,14 @@ pub struct ModeSpec {
 }
 
 /// Every mode, in table order.
-pub const MODES: [ModeSpec; 5] = [
+pub const MODES: [ModeSpec; 6] = [
     ModeSpec {
         mode: Mode::Kernel,
         name: "kernel",
         advertised: false,
         routing: None,
         registration: Registration::Never,
+        host: Config::new(),
         exits: ExpectedExits::NotRouted,
         colour: (0x55, 0x55, 0x55),
     },
@@ -109,17 +118,32 @@ pub const MODES: [ModeSpec; 5] = [
         advertised: false,
         routing: Some(RoutingPolicy::Always),
         registration: Registration::Never,
+        host: Config::new(),
         exits: ExpectedExits::EveryTrap,
         colour: (0xd6, 0x27, 0x28),
     },
-    // Lazy keeps `Always` routing, so that it is the RFC's model: 0x6e0
-    // exits to the VMM from boot, whether or not the guest registered.
+    // The lazy modes keep `Always` routing, so that they are the RFC's
+    // model: 0x6e0 exits to the VMM from boot, whether or not the guest
+    // registered. lazy-rfc is the RFC's host; lazy adds this project's
+    // policies (docs/PROTOCOL.md section 9). The guest is the same: it uses
+    // exitless cancel only when the host offers it.
+    ModeSpec {
+        mode: Mode::LazyRfc,
+        name: "lazy-rfc",
+        advertised: true,
+        routing: Some(RoutingPolicy::Always),
+        registration: Registration::AtBoot,
+        host: Config::rfc(),
+        exits: ExpectedExits::EveryTrap,
+        colour: (0xff, 0x7f, 0x0e),
+    },
     ModeSpec {
         mode: Mode::Lazy,
         name: "lazy",
         advertised: true,
         routing: Some(RoutingPolicy::Always),
         registration: Registration::AtBoot,
+        host: Config::new(),
         exits: ExpectedExits::EveryTrap,
         colour: (0x1f, 0x77, 0xb4),
     },
@@ -129,6 +153,7 @@ pub const MODES: [ModeSpec; 5] = [
         advertised: true,
         routing: Some(RoutingPolicy::OptIn),
         registration: Registration::Never,
+        host: Config::new(),
         exits: ExpectedExits::None,
         colour: (0x2c, 0xa0, 0x2c),
     },
@@ -138,6 +163,7 @@ pub const MODES: [ModeSpec; 5] = [
         advertised: true,
         routing: Some(RoutingPolicy::OptIn),
         registration: Registration::MidRun,
+        host: Config::new(),
         exits: ExpectedExits::TrapsAfterRegistration,
         colour: (0x94, 0x67, 0xbd),
     },
@@ -149,8 +175,12 @@ impl Mode {
         MODES.iter().map(|s| s.mode)
     }
 
-    /// The three modes of `sweep` and `lvt-mask`.
+    /// The three modes of `lvt-mask`.
     pub const CLASSIC: [Mode; 3] = [Mode::Kernel, Mode::Eager, Mode::Lazy];
+
+    /// The modes of `sweep`: the three of [`CLASSIC`](Self::CLASSIC) and the
+    /// RFC's host, side by side with this project's.
+    pub const SWEEP: [Mode; 4] = [Mode::Kernel, Mode::Eager, Mode::LazyRfc, Mode::Lazy];
 
     /// This mode's entry of [`MODES`].
     pub fn spec(self) -> &'static ModeSpec {
@@ -188,6 +218,7 @@ mod tests {
             [
                 Mode::Kernel,
                 Mode::Eager,
+                Mode::LazyRfc,
                 Mode::Lazy,
                 Mode::Stock,
                 Mode::Optin

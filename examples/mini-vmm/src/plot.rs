@@ -241,7 +241,7 @@ pub fn render_svg(caption: &str, panels: &[Panel], timeouts: &[u64]) -> Result<S
     depths.sort_by(f64::total_cmp);
     depths.dedup();
     let mut modes: Vec<Mode> = Vec::new();
-    for m in Mode::CLASSIC {
+    for m in Mode::SWEEP {
         if panels.iter().any(|p| p.lines.iter().any(|l| l.mode == m)) {
             modes.push(m);
         }

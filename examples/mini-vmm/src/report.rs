@@ -75,6 +75,9 @@ pub struct ModeReport {
     /// Host timer expiries that re-armed from `pending` without an
     /// interrupt (eager and lazy; `None` in kernel mode).
     pub host_rearms: Option<u64>,
+    /// Grace periods ended by their own expiry / those of them that found a
+    /// new deadline in `pending` (eager and lazy; 0 without the policy).
+    pub host_grace: Option<(u64, u64)>,
     /// Host timer expiries, each handed to the vCPU thread (a signal out of
     /// `KVM_RUN`, the LVT read, `kick()`; eager and lazy).
     pub timer_expiries: Option<u64>,
@@ -201,6 +204,7 @@ impl ModeReport {
             cycles_per_write: sum(|r| r.write_cycles) as f64 / writes.max(1) as f64,
             wall_s: run.wall.as_secs_f64(),
             host_rearms: run.host_counters.map(|c| c.rearms),
+            host_grace: run.host_counters.map(|c| (c.grace_expiries, c.grace_hits)),
             timer_expiries: userspace
                 .then(|| run.vcpus.iter().map(|v| v.exits.timer_expiries).sum()),
             expiry_cycles: userspace.then(|| {
@@ -217,6 +221,14 @@ impl ModeReport {
             boot_probe_exits: userspace
                 .then(|| run.vcpus.iter().map(|v| v.boot_tsc_deadline_writes).sum()),
         }
+    }
+
+    /// Host timer expiries per request of the workload (awaited or
+    /// cancelled): each is a wake-up of the VMM's timer thread and an exit of
+    /// the vCPU to its thread. `None` in kernel mode or without requests.
+    pub fn host_events_per_request(&self) -> Option<f64> {
+        let requests = self.waits + self.cancels;
+        (requests > 0).then_some(self.timer_expiries? as f64 / requests as f64)
     }
 
     /// Whether the guest ran natively, measured: KVM emulated at most
@@ -325,8 +337,11 @@ impl ModeReport {
             "cycles_per_write": self.cycles_per_write,
             "wall_s": self.wall_s,
             "host_rearms": self.host_rearms,
+            "grace_expiries": self.host_grace.map(|g| g.0),
+            "grace_hits": self.host_grace.map(|g| g.1),
             "host_injections": self.host_injections,
             "timer_expiries": self.timer_expiries,
+            "host_events_per_request": self.host_events_per_request(),
             "vmm_cycles_per_expiry": self.expiry_cycles,
             "boot_probe_exits": self.boot_probe_exits,
             "insn_emulation": self.insn_emulation,
@@ -432,8 +447,16 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         r.armed_at_registration
             .map_or("n/a".into(), |(b, a)| format!("{b} -> {a}"))
     });
+    row("  grace expiries / hits", &|r| {
+        r.host_grace
+            .map_or("n/a".into(), |(e, h)| format!("{e}/{h}"))
+    });
     row("host timer expiries [5]", &|r| {
         opt(r.timer_expiries, "n/a (kernel)")
+    });
+    row("  per request", &|r| {
+        r.host_events_per_request()
+            .map_or("n/a".into(), |v| format!("{v:.2}"))
     });
     row("  VMM cycles per expiry", &|r| {
         r.expiry_cycles.map_or("n/a".into(), |c| format!("{c:.0}"))
@@ -469,7 +492,7 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     let find = |m: Mode| reports.iter().find(|r| r.mode == m);
     if let Some(lazy) = find(Mode::Lazy) {
         out.push('\n');
-        for base in [find(Mode::Eager), find(Mode::Kernel)]
+        for base in [find(Mode::LazyRfc), find(Mode::Eager), find(Mode::Kernel)]
             .into_iter()
             .flatten()
         {

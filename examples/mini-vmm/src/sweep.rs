@@ -90,7 +90,7 @@ pub struct Point {
     pub depth: u64,
     /// Request timeout in microseconds.
     pub timeout_us: u64,
-    /// One report per mode, in [`Mode::CLASSIC`] order.
+    /// One report per mode, in [`Mode::SWEEP`] order.
     pub reports: Vec<ModeReport>,
 }
 
@@ -105,6 +105,14 @@ impl Point {
         let lazy = self.mode(Mode::Lazy)?.tsc_deadline_exits?;
         let eager = self.mode(Mode::Eager)?.tsc_deadline_exits?;
         quotient(lazy as f64, eager as f64)
+    }
+
+    /// Lazy over lazy-rfc IA32_TSC_DEADLINE exits: what the host policies
+    /// save over the RFC's host.
+    pub fn lazy_rfc_exits(&self) -> Option<f64> {
+        let lazy = self.mode(Mode::Lazy)?.tsc_deadline_exits?;
+        let rfc = self.mode(Mode::LazyRfc)?.tsc_deadline_exits?;
+        quotient(lazy as f64, rfc as f64)
     }
 
     /// Lazy over kernel-mode guest cycles per deadline write.
@@ -132,6 +140,7 @@ impl Point {
             "timeout_us": self.timeout_us,
             "lazy_eager_tsc_deadline_exits": self.lazy_eager_exits(),
             "lazy_kernel_cycles_per_write": self.lazy_kernel_cycles(),
+            "lazy_lazy_rfc_tsc_deadline_exits": self.lazy_rfc_exits(),
             "lazy_exits_per_necessary_trap": self.lazy_exits_per_trap(),
             "modes": self.reports.iter().map(ModeReport::json).collect::<Vec<_>>(),
         })
@@ -300,7 +309,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, E
 /// Runs every mode at every point, in order (timeout, then depth, then
 /// mode), reporting progress on stderr.
 pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, Error> {
-    let total = a.depths.len() * a.timeouts_us.len() * Mode::CLASSIC.len();
+    let total = a.depths.len() * a.timeouts_us.len() * Mode::SWEEP.len();
     let mut done = 0;
     let mut points = Vec::new();
     for &timeout_us in &a.timeouts_us {
@@ -311,7 +320,7 @@ pub fn run_points(a: &SweepArgs) -> Result<Vec<Point>, Error> {
                 ..a.base
             };
             let mut reports = Vec::new();
-            for mode in Mode::CLASSIC {
+            for mode in Mode::SWEEP {
                 let run = vm::run(mode, &w).map_err(|e| Error::AtPoint {
                     depth,
                     timeout_us,
@@ -373,9 +382,9 @@ pub fn to_json(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
     serde_json::to_string_pretty(&doc).expect("JSON values always serialise")
 }
 
-/// `k / e / l` cells: `f` of each mode in [`Mode::CLASSIC`] order.
+/// `k / e / r / l` cells: `f` of each mode in [`Mode::SWEEP`] order.
 fn per_mode(p: &Point, f: impl Fn(&ModeReport) -> String) -> String {
-    Mode::CLASSIC
+    Mode::SWEEP
         .iter()
         .map(|&m| p.mode(m).map_or_else(|| "-".to_string(), &f))
         .collect::<Vec<_>>()
@@ -390,17 +399,18 @@ fn fmt_ratio(r: Option<f64>, digits: usize) -> String {
 pub fn to_table(points: &[Point]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| depth | timeout (us) | deadline writes | TSC-deadline exits (k / e / l) \
-         | necessary traps (k / e / l) | guest cycles per write (k / e / l) \
-         | lateness p99 us (k / e / l) | wall s (k / e / l) | lazy host re-arms / injections \
+        "| depth | timeout (us) | deadline writes | TSC-deadline exits (k / e / r / l) \
+         | necessary traps (k / e / r / l) | guest cycles per write (k / e / r / l) \
+         | lateness p99 us (k / e / r / l) | wall s (k / e / r / l) \
+         | host timer events per request (e / r / l) | lazy/lazy-rfc exits \
          | lazy/eager exits | lazy/kernel cycles per write | lazy exits / necessary traps |\n",
     );
-    s.push_str("|---:|---:|---:|---|---|---|---|---|---|---:|---:|---:|\n");
+    s.push_str("|---:|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|\n");
     for p in points {
         let writes = p.reports.first().map_or(0, |r| r.deadline_writes);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.depth,
             p.timeout_us,
             writes,
@@ -413,9 +423,15 @@ pub fn to_table(points: &[Point]) -> String {
                 .lateness_us
                 .map_or_else(|| "n/a".into(), |l| format!("{:.0}", l[1]))),
             per_mode(p, |r| format!("{:.2}", r.wall_s)),
-            p.mode(Mode::Lazy)
-                .and_then(|r| Some(format!("{} / {}", r.host_rearms?, r.host_injections?)))
-                .unwrap_or_else(|| "n/a".into()),
+            [Mode::Eager, Mode::LazyRfc, Mode::Lazy]
+                .iter()
+                .map(|&m| p
+                    .mode(m)
+                    .and_then(ModeReport::host_events_per_request)
+                    .map_or_else(|| "-".into(), |v| format!("{v:.2}")))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            fmt_ratio(p.lazy_rfc_exits(), 3),
             fmt_ratio(p.lazy_eager_exits(), 4),
             fmt_ratio(p.lazy_kernel_cycles(), 3),
             fmt_ratio(p.lazy_exits_per_trap(), 3),
@@ -492,7 +508,7 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
     let _ = writeln!(
         s,
         "Sweep: {} vCPUs x {} requests per point, seed {}, early {}/1000, cancel 1/{}; \
-         depths {:?} x timeouts {:?} us x modes kernel / eager / lazy ({} runs, {:.0} s).\n",
+         depths {:?} x timeouts {:?} us x modes kernel / eager / lazy-rfc / lazy ({} runs, {:.0} s).\n",
         w.vcpus,
         w.requests,
         w.seed,
@@ -500,7 +516,7 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
         w.cancel_one_in,
         a.depths,
         a.timeouts_us,
-        points.len() * Mode::CLASSIC.len(),
+        points.len() * Mode::SWEEP.len(),
         sweep_wall_s
     );
     s.push_str(&to_table(points));
@@ -515,9 +531,11 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
     s.push_str(&targets(points));
     s.push('\n');
     s.push_str(
-        "Notes: k / e / l = kernel / eager / lazy. Kernel mode handles IA32_TSC_DEADLINE inside KVM, \
-         so its exits are not visible to the VMM (n/a). Host re-arms are expiries of the host timer \
-         that found a later deadline in `pending` and re-armed without interrupting the guest. \
+        "Notes: k / e / r / l = kernel / eager / lazy-rfc (the RFC's host) / lazy (this project's host \
+         policies: grace re-arm, exitless cancel). Kernel mode handles IA32_TSC_DEADLINE inside KVM, \
+         so its exits are not visible to the VMM (n/a). Host timer events per request: expiries of \
+         the host timer (re-arms from `pending`, injections, grace expiries), each a wake-up of the \
+         VMM, per request of the workload: the cost the policies move from guest exits to the host. \
          Necessary traps are the writes the guest's \
          protocol code had to trap (every write without the lazy protocol); the VMM counts the exits \
          independently and any mismatch is reported as a violation.\n",
@@ -566,7 +584,7 @@ fn panels(points: &[Point], timeouts: &[u64]) -> Vec<Panel> {
     let mut exits = Vec::new();
     let mut cycles = Vec::new();
     for &t in timeouts {
-        for mode in Mode::CLASSIC {
+        for mode in Mode::SWEEP {
             if mode != Mode::Kernel {
                 exits.push(line(mode, t, &|r| r.tsc_deadline_exits.map(|v| v as f64)));
             }
@@ -705,6 +723,7 @@ mod tests {
             cycles_per_write,
             wall_s: 0.0,
             host_rearms: None,
+            host_grace: None,
             host_injections: None,
             timer_expiries: None,
             expiry_cycles: None,

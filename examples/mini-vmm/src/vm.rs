@@ -104,7 +104,7 @@ pub struct Workload {
     pub vcpus: u32,
     /// Per-mille of pushes that move the deadline earlier.
     pub early_per_mille: u64,
-    /// One request in this many is cancelled.
+    /// One request in this many is cancelled (0: none).
     pub cancel_one_in: u64,
     /// How the guest's code runs.
     pub execution: Execution,
@@ -318,7 +318,7 @@ fn timers_for(
             vm: vm.clone(),
             // After `vcpu::configure` set the TSC offset.
             clock: GuestTsc::from_vcpu(vcpu)?,
-            lazy_advertised: spec.advertised,
+            config: spec.host.with_lazy_advertised(spec.advertised),
         };
         let timer = VcpuTimer::new(vcpu, parts, routing.clone(), kicker.clone())?;
         timers.push((Arc::new(timer), kicker));

@@ -45,8 +45,8 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
             .unwrap_or_else(|| panic!("mode {name} missing"))
     };
     let (kernel, eager, lazy) = (by("kernel"), by("eager"), by("lazy"));
-    let (stock, optin) = (by("stock"), by("optin"));
-    let all = [kernel, eager, lazy, stock, optin];
+    let (lazy_rfc, stock, optin) = (by("lazy-rfc"), by("stock"), by("optin"));
+    let all = [kernel, eager, lazy_rfc, lazy, stock, optin];
     assert_eq!(modes.len(), all.len());
 
     for m in all {
@@ -74,15 +74,16 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
     // Kernel mode: the MSR never reaches userspace, and this is said, not 0.
     assert!(kernel["tsc_deadline_exits"].is_null());
 
-    // Eager and lazy really saw 0x6e0 in userspace, from boot on.
-    for m in [eager, lazy] {
+    // Eager and the lazy modes really saw 0x6e0 in userspace, from boot on.
+    for m in [eager, lazy_rfc, lazy] {
         assert!(
             field(m, "boot_probe_exits") >= 2,
             "{}: boot probe not seen",
             m["mode"]
         );
-        assert!(field(m, "tsc_deadline_exits") > 0);
     }
+    assert!(field(eager, "tsc_deadline_exits") > 0);
+    assert!(field(lazy_rfc, "tsc_deadline_exits") > 0);
     assert_eq!(
         field(eager, "tsc_deadline_exits"),
         field(eager, "deadline_writes")
@@ -92,14 +93,25 @@ fn every_mode_runs_and_lazy_traps_only_when_needed() {
         field(eager, "deadline_writes")
     );
 
-    // Lazy: exactly the necessary traps, and few of them.
-    let lazy_exits = field(lazy, "tsc_deadline_exits");
-    assert_eq!(lazy_exits, field(lazy, "necessary_traps"));
-    let ratio = lazy_exits as f64 / field(eager, "tsc_deadline_exits") as f64;
-    assert!(
-        ratio <= 0.03,
-        "lazy/eager TSC-deadline exits {ratio:.4} > 3%"
-    );
+    // Both lazy modes: exactly the necessary traps, and few of them.
+    for m in [lazy_rfc, lazy] {
+        let exits = field(m, "tsc_deadline_exits");
+        assert_eq!(exits, field(m, "necessary_traps"), "{}", m["mode"]);
+        let ratio = exits as f64 / field(eager, "tsc_deadline_exits") as f64;
+        assert!(
+            ratio <= 0.03,
+            "{}: lazy/eager TSC-deadline exits {ratio:.4} > 3%",
+            m["mode"]
+        );
+    }
+    // The RFC's host never begins a grace period; this project's does, after
+    // deliveries, and its guest then cancels without trapping where offered
+    // (every cancel after the first deadline of a request would trap on the
+    // RFC's host). How many traps that saves depends on timing: measured by
+    // `compare`, not asserted here.
+    assert_eq!(field(lazy_rfc, "grace_expiries"), 0);
+    assert!(field(lazy, "grace_expiries") > 0);
+    assert!(field(lazy, "grace_hits") <= field(lazy, "grace_expiries"));
 
     // Stock: the feature advertised with opt-in routing, a guest that never
     // registers: its 0x6e0 writes stay in KVM (the VMM's exit handler counted
@@ -223,7 +235,7 @@ fn emulated_execution_still_works_and_says_so() {
         .lines()
         .find(|l| l.starts_with("guest execution (measured)"))
         .expect("execution row");
-    assert_eq!(row.matches("EMULATED").count(), 5, "{row}");
+    assert_eq!(row.matches("EMULATED").count(), 6, "all six modes: {row}");
     let native_args: Vec<&str> = table_args
         .iter()
         .map(|a| if *a == "emulated" { "native" } else { a })

@@ -117,9 +117,14 @@ impl Point {
 
     /// Lazy over kernel-mode guest cycles per deadline write.
     pub fn lazy_kernel_cycles(&self) -> Option<f64> {
-        let lazy = self.mode(Mode::Lazy)?.cycles_per_write;
+        self.kernel_cycles_ratio(Mode::Lazy)
+    }
+
+    /// `mode`'s guest cycles per deadline write over kernel mode's.
+    pub fn kernel_cycles_ratio(&self, mode: Mode) -> Option<f64> {
+        let m = self.mode(mode)?.cycles_per_write;
         let kernel = self.mode(Mode::Kernel)?.cycles_per_write;
-        quotient(lazy, kernel)
+        quotient(m, kernel)
     }
 
     /// Lazy IA32_TSC_DEADLINE exits over the traps the protocol required
@@ -170,13 +175,18 @@ pub enum BreakEven {
 }
 
 impl BreakEven {
-    /// The break-even of `timeout_us` over `points` (None: no point has
-    /// both modes).
+    /// The break-even of lazy mode at `timeout_us` over `points` (None: no
+    /// point has both modes).
     pub fn find(points: &[Point], timeout_us: u64) -> Option<BreakEven> {
+        Self::find_for(points, timeout_us, Mode::Lazy)
+    }
+
+    /// The break-even of `mode` against kernel mode at `timeout_us`.
+    pub fn find_for(points: &[Point], timeout_us: u64, mode: Mode) -> Option<BreakEven> {
         let mut curve: Vec<(u64, f64)> = points
             .iter()
             .filter(|p| p.timeout_us == timeout_us)
-            .filter_map(|p| Some((p.depth, p.lazy_kernel_cycles()?)))
+            .filter_map(|p| Some((p.depth, p.kernel_cycles_ratio(mode)?)))
             .collect();
         curve.sort_by_key(|&(d, _)| d);
         let &(first, r0) = curve.first()?;
@@ -202,17 +212,17 @@ impl BreakEven {
     fn describe(&self) -> String {
         match *self {
             BreakEven::AtOrBelow(d) => {
-                format!("lazy costs no more than kernel mode already at depth {d}, the shallowest swept")
+                format!("no more than kernel mode already at depth {d}, the shallowest swept")
             }
             BreakEven::Between {
                 above,
                 below,
                 depth,
             } => format!(
-                "depth {depth:.1} (lazy costs more than kernel mode at depth {above}, no more at depth {below})"
+                "depth {depth:.1} (costs more than kernel mode at depth {above}, no more at depth {below})"
             ),
             BreakEven::NotReached(d) => {
-                format!("not reached: lazy costs more than kernel mode at every depth up to {d}")
+                format!("not reached: costs more than kernel mode at every depth up to {d}")
             }
         }
     }
@@ -376,6 +386,7 @@ pub fn to_json(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String {
         "break_even": a.timeouts_us.iter().map(|&t| json!({
             "timeout_us": t,
             "break_even": BreakEven::find(points, t).map(|b| b.json()),
+            "break_even_lazy_rfc": BreakEven::find_for(points, t, Mode::LazyRfc).map(|b| b.json()),
         })).collect::<Vec<_>>(),
         "violations": violations(points),
     });
@@ -521,10 +532,13 @@ pub fn to_markdown(a: &SweepArgs, points: &[Point], sweep_wall_s: f64) -> String
     );
     s.push_str(&to_table(points));
     s.push('\n');
-    s.push_str("Break-even depth (lazy guest cycles per write = kernel mode's):\n\n");
-    for &t in &a.timeouts_us {
-        let b = BreakEven::find(points, t).map_or_else(|| "not measured".into(), |b| b.describe());
-        let _ = writeln!(s, "- timeout {t} us: {b}");
+    s.push_str("Break-even depth (guest cycles per write = kernel mode's):\n\n");
+    for mode in [Mode::LazyRfc, Mode::Lazy] {
+        for &t in &a.timeouts_us {
+            let b = BreakEven::find_for(points, t, mode)
+                .map_or_else(|| "not measured".into(), |b| b.describe());
+            let _ = writeln!(s, "- {mode}, timeout {t} us: {b}");
+        }
     }
     s.push('\n');
     s.push_str("Targets:\n\n");

@@ -48,13 +48,15 @@ struct Args {
     compare: bool,
     mode: Mode,
     json: bool,
+    /// Rounds of every mode, interleaved (`--repeat`).
+    repeat: u32,
     workload: Workload,
 }
 
 const USAGE: &str =
     "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy|stock|optin] [--requests N] [--depth N] \
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
-       [--execution native|emulated|auto]
+       [--execution native|emulated|auto] [--repeat N]
        mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
        mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] [--execution ..]
        mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
@@ -65,6 +67,7 @@ fn parse_args() -> Result<Args, Error> {
         compare: false,
         mode: Mode::Lazy,
         json: false,
+        repeat: 1,
         workload: Workload {
             requests: 1000,
             depth: 64,
@@ -109,6 +112,10 @@ fn parse_args() -> Result<Args, Error> {
             // 0: no request is cancelled.
             "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?,
             "--execution" => a.workload.execution = Execution::parse(it.next())?,
+            "--repeat" => {
+                a.repeat = u32::try_from(num("--repeat")?.clamp(1, 99))
+                    .map_err(|e| Error::Usage(format!("--repeat: {e}")))?
+            }
             "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
             other => return Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),
         }
@@ -138,27 +145,37 @@ fn main() -> ExitCode {
     } else {
         vec![args.mode]
     };
-    let mut reports = Vec::new();
-    for mode in modes {
-        match vm::run(mode, &args.workload) {
-            Ok(run) => {
-                // Debugging aid: every KVM statistic of every vCPU.
-                if std::env::var_os("MINI_VMM_DUMP_STATS").is_some() {
-                    for v in &run.vcpus {
-                        eprintln!(
-                            "{mode} vCPU {}: userspace {:?}, KVM stats {:?}",
-                            v.index, v.exits, v.kvm_stats
-                        );
+    // Every round runs every mode once, in table order, so that a drift of
+    // the machine's costs over time touches all modes alike.
+    let mut runs: Vec<Vec<ModeReport>> = vec![Vec::new(); modes.len()];
+    for _ in 0..args.repeat {
+        for (i, &mode) in modes.iter().enumerate() {
+            match vm::run(mode, &args.workload) {
+                Ok(run) => {
+                    // Debugging aid: every KVM statistic of every vCPU.
+                    if std::env::var_os("MINI_VMM_DUMP_STATS").is_some() {
+                        for v in &run.vcpus {
+                            eprintln!(
+                                "{mode} vCPU {}: userspace {:?}, KVM stats {:?}",
+                                v.index, v.exits, v.kvm_stats
+                            );
+                        }
                     }
+                    runs[i].push(ModeReport::from_run(&run))
                 }
-                reports.push(ModeReport::from_run(&run))
-            }
-            Err(e) => {
-                eprintln!("mini-vmm: error: {e}");
-                return ExitCode::from(2);
+                Err(e) => {
+                    eprintln!("mini-vmm: error: {e}");
+                    return ExitCode::from(2);
+                }
             }
         }
     }
+    let violations: Vec<String> = runs
+        .iter()
+        .flatten()
+        .flat_map(ModeReport::violations)
+        .collect();
+    let reports = report::median_runs(runs);
     if args.json {
         println!("{}", report::to_json(&reports));
     } else {
@@ -169,6 +186,5 @@ fn main() -> ExitCode {
         );
         print!("{}", report::to_table(&reports));
     }
-    let violations: Vec<String> = reports.iter().flat_map(ModeReport::violations).collect();
     report::exit_status(&violations, "protocol violation")
 }

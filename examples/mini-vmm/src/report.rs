@@ -17,6 +17,10 @@ pub const STOCK_KERNEL_BOUND: f64 = 1.3;
 /// never zero.
 #[derive(Clone, Debug)]
 pub struct ModeReport {
+    /// Guest cycles per deadline write of every run of this mode (several
+    /// with `compare --repeat`), in run order; the report's other figures
+    /// are those of the run with the median cycles per write.
+    pub runs_cycles_per_write: Vec<f64>,
     /// The mode.
     pub mode: Mode,
     /// VM exits of all kinds, from KVM's vCPU statistics (`exits`).
@@ -159,6 +163,7 @@ impl ModeReport {
         });
         let writes = sum(|r| r.deadline_writes);
         ModeReport {
+            runs_cycles_per_write: vec![sum(|r| r.write_cycles) as f64 / writes.max(1) as f64],
             mode: run.mode,
             total_exits,
             userspace_exits: run.vcpus.iter().map(|v| v.exits.total).sum(),
@@ -335,6 +340,7 @@ impl ModeReport {
             "lateness_us_p99": lat(1),
             "lateness_us_max": lat(2),
             "cycles_per_write": self.cycles_per_write,
+            "runs_cycles_per_write": self.runs_cycles_per_write,
             "wall_s": self.wall_s,
             "host_rearms": self.host_rearms,
             "grace_expiries": self.host_grace.map(|g| g.0),
@@ -359,6 +365,22 @@ pub fn stock_kernel_ratio(reports: &[ModeReport]) -> Option<f64> {
     let find = |m: Mode| reports.iter().find(|r| r.mode == m);
     let (stock, kernel) = (find(Mode::Stock)?, find(Mode::Kernel)?);
     (kernel.cycles_per_write > 0.0).then(|| stock.cycles_per_write / kernel.cycles_per_write)
+}
+
+/// One report per mode from the runs of each mode: the run with the median
+/// guest cycles per write (the lower middle one for an even count), with the
+/// cycles of every run in [`ModeReport::runs_cycles_per_write`].
+pub fn median_runs(runs: Vec<Vec<ModeReport>>) -> Vec<ModeReport> {
+    runs.into_iter()
+        .filter_map(|mut mode_runs| {
+            let all: Vec<f64> = mode_runs.iter().map(|r| r.cycles_per_write).collect();
+            mode_runs.sort_by(|a, b| a.cycles_per_write.total_cmp(&b.cycles_per_write));
+            let mid = mode_runs.len().checked_sub(1)? / 2;
+            let mut median = mode_runs.swap_remove(mid);
+            median.runs_cycles_per_write = all;
+            Some(median)
+        })
+        .collect()
 }
 
 /// `{"modes": [...]}`, plus `stock_kernel_cycles_ratio` when both ran.
@@ -429,6 +451,21 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     row("guest cycles per deadline write", &|r| {
         format!("{:.0}", r.cycles_per_write)
     });
+    if reports.iter().any(|r| r.runs_cycles_per_write.len() > 1) {
+        row("  every run [8]", &|r| {
+            r.runs_cycles_per_write
+                .iter()
+                .map(|&c| {
+                    if c < 1000.0 {
+                        format!("{c:.0}")
+                    } else {
+                        format!("{:.0}k", c / 1000.0)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        });
+    }
     row(
         "host re-arms / injections",
         &|r| match (r.host_rearms, r.host_injections) {
@@ -529,6 +566,12 @@ pub fn to_table(reports: &[ModeReport]) -> String {
         "[3] interrupts for a deadline that expired while interrupts were off and was then replaced\n    \
          (benign in every mode; not counted as early/spurious).\n",
     );
+    if reports.iter().any(|r| r.runs_cycles_per_write.len() > 1) {
+        out.push_str(
+            "[8] --repeat: every mode ran once per round, rounds in sequence; each column shows the run with the\n    \
+             median guest cycles per write, and this row every run's (k: thousands).\n",
+        );
+    }
     let msr_stats: Vec<String> = reports
         .iter()
         .filter(|r| !r.kvm_msr_stats.is_empty())

@@ -712,6 +712,7 @@ mod tests {
     /// write.
     fn costing(mode: Mode, cycles_per_write: f64) -> ModeReport {
         ModeReport {
+            runs_cycles_per_write: vec![cycles_per_write],
             mode,
             total_exits: None,
             userspace_exits: 0,

@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use lazy_tscdeadline_host::Counters;
 use serde_json::json;
 
-use crate::error::Error;
+use crate::cli::HostileArgs;
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Execution, Mode, ModeRun, Program, Workload};
+use crate::vm::{self, Mode, ModeRun, Program, Workload};
 
 /// Host timer events (expiries handled, re-arms, immediate injections) the
 /// hostile vCPU may cause per store or MSR write it makes, plus
@@ -130,49 +130,20 @@ fn cpu_share(run: &ModeRun) -> f64 {
     run.vmm_cpu.as_secs_f64() / run.wall.as_secs_f64().max(1e-9)
 }
 
-/// Entry point of `mini-vmm hostile [--vcpus N] [--requests N] [--seed N]
-/// [--json]`.
-pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
-    let mut w = Workload {
-        requests: 2000,
+/// Entry point of `mini-vmm hostile`.
+pub fn main(args: HostileArgs) -> ExitCode {
+    let w = Workload {
+        requests: args.requests,
         depth: 16,
         timeout_us: 2000,
-        seed: 1,
-        vcpus: 2,
+        seed: args.seed,
+        vcpus: args.vcpus,
         early_per_mille: 10,
         cancel_one_in: 8,
-        execution: Execution::Auto,
+        execution: args.common.execution,
         program: Program::Requests,
     };
-    let mut json_out = false;
-    let mut it = args;
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, Error> {
-            let v = it
-                .next()
-                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
-            v.parse()
-                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
-        };
-        let r = match arg.as_str() {
-            "--json" => {
-                json_out = true;
-                Ok(())
-            }
-            "--requests" => num("--requests").map(|n| w.requests = n),
-            "--seed" => num("--seed").map(|n| w.seed = n),
-            "--vcpus" => num("--vcpus").map(|n| w.vcpus = n.clamp(2, 16) as u32),
-            "--execution" => Execution::parse(it.next()).map(|e| w.execution = e),
-            other => Err(Error::Usage(format!(
-                "unknown argument {other}\nusage: mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] \
-                 [--execution native|emulated|auto]"
-            ))),
-        };
-        if let Err(e) = r {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    }
+    let json_out = args.common.json;
 
     let baseline = match vm::run_with(Mode::Lazy, &w, 0) {
         Ok(r) => r,

@@ -2,26 +2,19 @@
 //! deadline protocol against eager userspace emulation and KVM's in-kernel
 //! LAPIC timer.
 //!
-//! ```text
-//! mini-vmm [run] [--mode kernel|eager|lazy|stock|optin] [options]
-//! mini-vmm compare [options]
-//! mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
-//! mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json]
-//! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths LIST] [--timeouts-us LIST]
-//! options: --requests N --depth N --timeout-us N --seed N --vcpus N
-//!          --early-per-mille N --cancel-one-in N --json
-//!          --execution native|emulated|auto (also for hostile and sweep)
-//! ```
-//! Exit status: 0 on success, 1 on a protocol violation, 2 on any error
-//! (including a missing /dev/kvm or KVM capability).
+//! Subcommands `run` (the default), `compare`, `hostile`, `lvt-mask` and
+//! `sweep` (see `mini-vmm --help` and [`cli`]). Exit status: 0 on success, 1
+//! on a protocol violation, 2 on any error (including a missing /dev/kvm or
+//! KVM capability).
 // The report's JSON object has more fields than serde_json's `json!`
 // expands at the default recursion limit.
 #![recursion_limit = "256"]
 
 // Module dependencies (acyclic; each arrow is "uses"):
-//   main -> sweep, hostile, masking -> report -> vm -> expiry -> vcpu
+//   main -> cli; main -> sweep, hostile, masking -> report -> vm -> expiry -> vcpu
 //   sweep -> plot; vcpu -> stats, tsc; expiry -> tsc
 //   (all) -> error -> mode -> layout
+mod cli;
 mod error;
 mod expiry;
 mod hostile;
@@ -40,117 +33,34 @@ mod vm;
 
 use std::process::ExitCode;
 
-use error::Error;
+use clap::Parser;
+
+use cli::{Cli, Command};
+use mode::Mode;
 use report::ModeReport;
-use vm::{Execution, Mode, Program, Workload};
-
-struct Args {
-    compare: bool,
-    mode: Mode,
-    json: bool,
-    /// Rounds of every mode, interleaved (`--repeat`).
-    repeat: u32,
-    workload: Workload,
-}
-
-const USAGE: &str =
-    "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy|stock|optin] [--requests N] [--depth N] \
-[--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
-       [--execution native|emulated|auto] [--repeat N]
-       mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
-       mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] [--execution ..]
-       mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
-       [--execution ..]";
-
-fn parse_args() -> Result<Args, Error> {
-    let mut a = Args {
-        compare: false,
-        mode: Mode::Lazy,
-        json: false,
-        repeat: 1,
-        workload: Workload {
-            requests: 1000,
-            depth: 64,
-            timeout_us: 1000,
-            seed: 1,
-            vcpus: 2,
-            early_per_mille: 10,
-            cancel_one_in: 8,
-            execution: Execution::Auto,
-            program: Program::Requests,
-        },
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, Error> {
-            let v = it
-                .next()
-                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
-            v.parse()
-                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
-        };
-        match arg.as_str() {
-            "compare" => a.compare = true,
-            "run" => a.compare = false,
-            "--json" => a.json = true,
-            "--mode" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| Error::Usage("--mode needs a value".into()))?;
-                a.mode =
-                    Mode::parse(&v).ok_or_else(|| Error::Usage(format!("unknown mode {v}")))?;
-            }
-            "--requests" => a.workload.requests = num("--requests")?,
-            "--depth" => a.workload.depth = num("--depth")?,
-            "--timeout-us" => a.workload.timeout_us = num("--timeout-us")?.max(1),
-            "--seed" => a.workload.seed = num("--seed")?,
-            "--vcpus" => {
-                a.workload.vcpus = u32::try_from(num("--vcpus")?)
-                    .map_err(|e| Error::Usage(format!("--vcpus: {e}")))?
-            }
-            "--early-per-mille" => a.workload.early_per_mille = num("--early-per-mille")?,
-            // 0: no request is cancelled.
-            "--cancel-one-in" => a.workload.cancel_one_in = num("--cancel-one-in")?,
-            "--execution" => a.workload.execution = Execution::parse(it.next())?,
-            "--repeat" => {
-                a.repeat = u32::try_from(num("--repeat")?.clamp(1, 99))
-                    .map_err(|e| Error::Usage(format!("--repeat: {e}")))?
-            }
-            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
-            other => return Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),
-        }
-    }
-    Ok(a)
-}
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("hostile") {
-        return hostile::main(std::env::args().skip(2));
-    }
-    if std::env::args().nth(1).as_deref() == Some("lvt-mask") {
-        return masking::main(std::env::args().skip(2));
-    }
-    if std::env::args().nth(1).as_deref() == Some("sweep") {
-        return sweep::main(std::env::args().skip(2));
-    }
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let (args, compare) = match cli.command {
+        None => (cli.run, false),
+        Some(Command::Run(a)) => (a, false),
+        Some(Command::Compare(a)) => (a, true),
+        Some(Command::Hostile(a)) => return hostile::main(a),
+        Some(Command::LvtMask(a)) => return masking::main(a),
+        Some(Command::Sweep(a)) => return sweep::main(a),
     };
-    let modes: Vec<Mode> = if args.compare {
+    let modes: Vec<Mode> = if compare {
         Mode::all().collect()
     } else {
         vec![args.mode]
     };
+    let workload = args.workload();
     // Every round runs every mode once, in table order, so that a drift of
     // the machine's costs over time touches all modes alike.
     let mut runs: Vec<Vec<ModeReport>> = vec![Vec::new(); modes.len()];
     for _ in 0..args.repeat {
         for (i, &mode) in modes.iter().enumerate() {
-            match vm::run(mode, &args.workload) {
+            match vm::run(mode, &workload) {
                 Ok(run) => {
                     // Debugging aid: every KVM statistic of every vCPU.
                     if std::env::var_os("MINI_VMM_DUMP_STATS").is_some() {
@@ -176,10 +86,10 @@ fn main() -> ExitCode {
         .flat_map(ModeReport::violations)
         .collect();
     let reports = report::median_runs(runs);
-    if args.json {
+    if args.common.json {
         println!("{}", report::to_json(&reports));
     } else {
-        let w = &args.workload;
+        let w = &workload;
         println!(
             "workload: {} vCPUs x {} requests, depth {}, timeout {} us, seed {}, early {}/1000, cancel 1/{}\n",
             w.vcpus, w.requests, w.depth, w.timeout_us, w.seed, w.early_per_mille, w.cancel_one_in

@@ -18,13 +18,10 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use crate::cli::LvtMaskArgs;
 use crate::layout::Results;
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Execution, Mode, Program, Workload};
-
-const USAGE: &str = "usage: mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] \
-[--execution native|emulated|auto]";
+use crate::vm::{self, Mode, Program, Workload};
 
 /// One figure of the check: its name, what was measured over all vCPUs,
 /// and what the SDM requires.
@@ -85,45 +82,20 @@ fn figures(results: &[Results]) -> Vec<Figure> {
     ]
 }
 
-/// Entry point; `args` follow `lvt-mask`.
-pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
-    let mut w = Workload {
-        requests: 10,
+/// Entry point of `mini-vmm lvt-mask`.
+pub fn main(args: LvtMaskArgs) -> ExitCode {
+    let w = Workload {
+        requests: args.rounds,
         depth: 0,
-        timeout_us: 2000,
+        timeout_us: args.timeout_us,
         seed: 1,
-        vcpus: 2,
+        vcpus: args.vcpus,
         early_per_mille: 0,
         cancel_one_in: 1,
-        execution: Execution::Auto,
+        execution: args.common.execution,
         program: Program::LvtMask,
     };
-    let mut json_out = false;
-    let mut it = args;
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<u64, Error> {
-            let v = it
-                .next()
-                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
-            v.parse()
-                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
-        };
-        let r = match arg.as_str() {
-            "--json" => {
-                json_out = true;
-                Ok(())
-            }
-            "--rounds" => num("--rounds").map(|n| w.requests = n.max(1)),
-            "--timeout-us" => num("--timeout-us").map(|n| w.timeout_us = n.max(100)),
-            "--vcpus" => num("--vcpus").map(|n| w.vcpus = n.clamp(1, 16) as u32),
-            "--execution" => Execution::parse(it.next()).map(|e| w.execution = e),
-            other => Err(Error::Usage(format!("unknown argument {other}\n{USAGE}"))),
-        };
-        if let Err(e) = r {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    }
+    let json_out = args.common.json;
 
     let mut modes: Vec<Value> = Vec::new();
     let mut violations: Vec<String> = Vec::new();

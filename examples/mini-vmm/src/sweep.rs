@@ -25,14 +25,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::cli::SweepCli;
 use crate::error::Error;
 use crate::plot::{self, Line, Panel};
 use crate::report::{self, ModeReport};
-use crate::vm::{self, Execution, Mode, Program, Workload};
-
-/// Usage of the `sweep` subcommand.
-pub const USAGE: &str = "usage: mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] \
-[--depths N,N,..] [--timeouts-us N,N,..] [--execution native|emulated|auto]";
+use crate::vm::{self, Mode, Program, Workload};
 
 /// Reprogramming depths swept by default (pushes per request): dense at
 /// the shallow end, where lazy mode's break-even with kernel mode lies.
@@ -244,76 +241,27 @@ fn quotient(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 
-fn parse_list(name: &str, v: &str) -> Result<Vec<u64>, Error> {
-    let mut list = v
-        .split(',')
-        .map(|s| {
-            let n: u64 = s
-                .trim()
-                .parse()
-                .map_err(|_| Error::Usage(format!("{name}: not a number: {s}")))?;
-            if n == 0 {
-                return Err(Error::Usage(format!("{name}: values must be at least 1")));
-            }
-            Ok(n)
-        })
-        .collect::<Result<Vec<u64>, Error>>()?;
-    list.sort_unstable();
-    list.dedup();
-    Ok(list)
-}
-
-/// Parses the arguments that follow `sweep`.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SweepArgs, Error> {
-    let mut a = SweepArgs {
-        out: PathBuf::from("target/sweep"),
-        depths: DEFAULT_DEPTHS.to_vec(),
-        timeouts_us: DEFAULT_TIMEOUTS_US.to_vec(),
-        // The fixed parameters are those `compare` uses by default.
-        base: Workload {
-            requests: DEFAULT_REQUESTS,
-            depth: 0,
-            timeout_us: 0,
-            seed: 1,
-            vcpus: 2,
-            early_per_mille: 10,
-            cancel_one_in: 8,
-            execution: Execution::Auto,
-            program: Program::Requests,
-        },
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| Error::Usage(format!("{name} needs a value")))
-        };
-        let num = |name: &str, v: String| -> Result<u64, Error> {
-            v.parse()
-                .map_err(|_| Error::Usage(format!("{name}: not a number: {v}")))
-        };
-        match arg.as_str() {
-            "--out" => a.out = PathBuf::from(value("--out")?),
-            "--requests" => a.base.requests = num("--requests", value("--requests")?)?,
-            "--vcpus" => {
-                a.base.vcpus = u32::try_from(num("--vcpus", value("--vcpus")?)?)
-                    .map_err(|e| Error::Usage(format!("--vcpus: {e}")))?
-            }
-            "--seed" => a.base.seed = num("--seed", value("--seed")?)?,
-            "--depths" => a.depths = parse_list("--depths", &value("--depths")?)?,
-            "--timeouts-us" => {
-                a.timeouts_us = parse_list("--timeouts-us", &value("--timeouts-us")?)?
-            }
-            "--execution" => a.base.execution = Execution::parse(it.next())?,
-            "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
-            other => {
-                return Err(Error::Usage(format!(
-                    "unknown sweep argument {other}\n{USAGE}"
-                )))
-            }
+impl SweepArgs {
+    /// The sweep the command line asks for.
+    pub fn from_cli(c: SweepCli) -> SweepArgs {
+        SweepArgs {
+            out: c.out,
+            depths: c.depths.0,
+            timeouts_us: c.timeouts_us.0,
+            // The fixed parameters are those `compare` uses by default.
+            base: Workload {
+                requests: c.requests,
+                depth: 0,
+                timeout_us: 0,
+                seed: c.seed,
+                vcpus: c.vcpus,
+                early_per_mille: 10,
+                cancel_one_in: 8,
+                execution: c.execution,
+                program: Program::Requests,
+            },
         }
     }
-    Ok(a)
 }
 
 /// Runs every mode at every point, in order (timeout, then depth, then
@@ -639,14 +587,8 @@ pub fn write_files(dir: &Path, a: &SweepArgs, points: &[Point], wall_s: f64) -> 
 
 /// Entry point of `mini-vmm sweep`; `args` are the arguments after
 /// `sweep`.
-pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
-    let a = match parse_args(args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+pub fn main(args: SweepCli) -> ExitCode {
+    let a = SweepArgs::from_cli(args);
     let start = Instant::now();
     let points = match run_points(&a) {
         Ok(p) => p,
@@ -672,41 +614,6 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lists_are_sorted_deduplicated_and_positive() {
-        assert_eq!(parse_list("--depths", "16,1,16,4").unwrap(), vec![1, 4, 16]);
-        assert!(parse_list("--depths", "0,4").is_err());
-        assert!(parse_list("--depths", "x").is_err());
-        assert!(parse_list("--depths", "").is_err());
-    }
-
-    #[test]
-    fn defaults_and_options() {
-        let a = parse_args(Vec::new()).unwrap();
-        assert_eq!(a.depths, DEFAULT_DEPTHS);
-        assert_eq!(a.timeouts_us, DEFAULT_TIMEOUTS_US);
-        assert_eq!(a.base.requests, DEFAULT_REQUESTS);
-        let a = parse_args(
-            [
-                "--out",
-                "d",
-                "--requests",
-                "5",
-                "--vcpus",
-                "1",
-                "--timeouts-us",
-                "7",
-            ]
-            .map(String::from),
-        )
-        .unwrap();
-        assert_eq!(a.out, PathBuf::from("d"));
-        assert_eq!((a.base.requests, a.base.vcpus), (5, 1));
-        assert_eq!(a.timeouts_us, vec![7]);
-        assert!(parse_args(["--bogus".to_string()]).is_err());
-        assert!(parse_args(["--requests".to_string()]).is_err());
-    }
 
     /// A report of `mode` whose only meaningful figure is its cycles per
     /// write.

@@ -25,7 +25,7 @@ use crate::vcpu::{self, Timer, VcpuOutcome};
 static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest/guest.bin"));
 
 /// How the guest's CPL0 code is to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Execution {
     /// Natively wherever the host can: on a PVM host the guest switches
     /// itself to native execution; with hardware virtualization it always
@@ -39,19 +39,6 @@ pub enum Execution {
 }
 
 impl Execution {
-    /// Parses the value of `--execution` (`None`: the value is missing).
-    pub fn parse(value: Option<String>) -> Result<Execution, Error> {
-        match value.as_deref() {
-            Some("auto") => Ok(Execution::Auto),
-            Some("native") => Ok(Execution::Native),
-            Some("emulated") => Ok(Execution::Emulated),
-            Some(other) => Err(Error::Usage(format!(
-                "--execution: {other} is not one of native, emulated, auto"
-            ))),
-            None => Err(Error::Usage("--execution needs a value".into())),
-        }
-    }
-
     /// Whether the guest must switch itself to native execution, given
     /// whether this is a PVM host.
     fn switch_to_native(self, pvm: bool) -> Result<bool, Error> {

@@ -424,17 +424,52 @@ where
     /// Emulates RDMSR of one of the [`HANDLED_MSRS`].
     /// [`ReadMsrError::GuestFault`] means the VMM must inject #GP instead.
     ///
-    /// `IA32_TSC_DEADLINE` reads the armed deadline: 0 once it has fired,
-    /// and always 0 when the LVT timer is not in TSC-deadline mode.
+    /// `IA32_TSC_DEADLINE` reads the deadline the guest has set, as an
+    /// eager guest's MSR would hold it (for a registered guest that moved
+    /// it without a trap, from `pending`: see `docs/PROTOCOL.md` §4.1): 0
+    /// once it has fired or was cancelled, and always 0 when the LVT timer
+    /// is not in TSC-deadline mode.
     pub fn read_msr(&self, index: u32) -> Result<u64, ReadMsrError> {
         match index {
-            MSR_IA32_TSC_DEADLINE if self.lvt.is_tsc_deadline() => Ok(self.deadline),
+            MSR_IA32_TSC_DEADLINE if self.lvt.is_tsc_deadline() => Ok(self.guest_deadline()),
             MSR_IA32_TSC_DEADLINE => Ok(0),
             MSR_KVM_LAZY_TSCDEADLINE if self.config.lazy_advertised => {
                 Ok(self.registration.to_msr())
             }
             MSR_KVM_LAZY_TSCDEADLINE => Err(GuestFault::FeatureNotAdvertised.into()),
             _ => Err(ReadMsrError::UnknownMsr(index)),
+        }
+    }
+
+    /// What `IA32_TSC_DEADLINE` reads for the guest: the deadline it has
+    /// set, as an eager guest's MSR would hold it.
+    ///
+    /// Unregistered, or with nothing published, that is the host's
+    /// deadline. With a deadline or a grace period published in the struct,
+    /// the guest may have moved its deadline without a trap; `pending` is
+    /// read (once: RDMSR is the vCPU's own exit, so its guest cannot write
+    /// `pending` meanwhile) and interpreted as the next expiry will: a
+    /// later deadline is the guest's (it is what the host re-arms for), 0
+    /// is a cancel, and in a grace period the delivered (or cancelled)
+    /// value is nothing new. An earlier `pending` that did not trap changes
+    /// nothing (the expiry delivers at the host's deadline).
+    fn guest_deadline(&self) -> u64 {
+        let (true, Some(area)) = (self.published, self.area) else {
+            return self.deadline;
+        };
+        let Some(pending) = area.load_pending(&self.mem) else {
+            return self.deadline;
+        };
+        if self.deadline != 0 {
+            match pending {
+                0 => 0,
+                p if p > self.deadline => p,
+                _ => self.deadline,
+            }
+        } else if pending == 0 || pending == self.grace.stale {
+            0
+        } else {
+            pending
         }
     }
 

@@ -437,3 +437,35 @@ fn no_grace_period_after_an_expiry_while_masked() {
     assert!(r.fired().is_empty());
     assert_eq!(r.t.counters().grace_arms, 0);
 }
+
+#[test]
+fn rdmsr_reads_the_deadline_the_guest_set_without_a_trap() {
+    let mut r = Rig::new(Config::new().with_grace(GracePolicy::Fixed(G)));
+    let read = |r: &Rig| r.t.read_msr(MSR_IA32_TSC_DEADLINE).unwrap();
+    r.write(1000);
+    assert_eq!(read(&r), 1000);
+    // Pushed later without a trap: the guest's deadline is the later one.
+    r.store(1400);
+    assert_eq!(read(&r), 1400);
+    // An earlier value stored without its trap changes nothing (the expiry
+    // would deliver at 1000).
+    r.store(900);
+    assert_eq!(read(&r), 1000);
+    // An exitless cancel: nothing armed for the guest.
+    r.store(0);
+    assert_eq!(read(&r), 0);
+    // Delivered: 0, also in the grace period that follows, until the guest
+    // sets a new deadline without a trap.
+    r.store(1000);
+    assert_eq!(r.expire(), KickOutcome::Injected);
+    assert_eq!(read(&r), 0);
+    r.store(1000 + G + 300);
+    assert_eq!(read(&r), 1000 + G + 300);
+    assert_eq!(r.expire(), KickOutcome::Rearmed(1000 + G + 300));
+    assert_eq!(read(&r), 1000 + G + 300);
+    // Unregistered: the host's own deadline.
+    r.t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
+    r.t.write_msr(MSR_IA32_TSC_DEADLINE, 5000).unwrap();
+    r.store(7000);
+    assert_eq!(read(&r), 5000);
+}

@@ -788,32 +788,44 @@ where
     /// Before a registration change (after [`catch_up`](Self::catch_up),
     /// so nothing armed is due unless the timer is paused): turns what the
     /// host has armed into the guest's effective deadline, to be kept
-    /// unpublished.
+    /// unpublished. Whatever is published is settled against the old
+    /// struct's `pending = p` as a KICK would, minus delivery. The guest is
+    /// stopped in this WRMSR exit, so `pending` cannot change under the
+    /// host: one read suffices, and no re-check is needed.
     ///
-    /// - A grace period ends: it holds no real deadline.
-    /// - A published deadline `d` is settled against the old struct's
-    ///   `pending = p` as a KICK would, minus delivery: `p > d` (a push
-    ///   later that did not trap) becomes the deadline; `p == 0` with
-    ///   exitless cancel offered is a cancel that did not trap: nothing
-    ///   armed; anything else keeps `d` (a later value is the only one a
-    ///   non-trapping write can leave, and without the offer an honest
-    ///   cancel always traps). The guest is stopped in this WRMSR exit,
-    ///   so `pending` cannot change under the host: one read suffices.
+    /// - A published deadline `d`: `p > d` (a push later that did not
+    ///   trap) becomes the deadline; `p == 0` with exitless cancel offered
+    ///   is a cancel that did not trap: nothing armed; anything else keeps
+    ///   `d` (a later value is the only one a non-trapping write can leave,
+    ///   and without the offer an honest cancel always traps).
+    /// - A grace period holds no real deadline and ends, but the guest may
+    ///   have stored one during it without trapping (any `p >= grace`): as
+    ///   at the grace expiry, `p` other than 0 and `stale` and still in the
+    ///   future becomes the deadline; otherwise nothing stays armed.
     /// - An unpublished deadline is the guest's latest (every write since
-    ///   it was armed trapped): kept.
+    ///   it was armed trapped): kept, `pending` not read.
     fn settle_for_registration(&mut self) {
-        if self.grace.deadline != 0 {
+        let in_grace = self.grace.deadline != 0;
+        if !self.published || self.target() == 0 {
+            return;
+        }
+        let pending = self.area.and_then(|area| area.load_pending(&self.mem));
+        if in_grace {
             self.disarm_timer();
             self.grace.deadline = 0;
+            match pending {
+                Some(p) if p != 0 && p != self.grace.stale && p > self.clock.now() => {
+                    self.deadline = p;
+                    if !self.paused {
+                        self.arm_timer(p);
+                    }
+                }
+                Some(_) => {}
+                None => self.counters.memory_errors += 1,
+            }
             return;
         }
-        if !self.published || self.deadline == 0 {
-            return;
-        }
-        let Some(area) = self.area else {
-            return;
-        };
-        let Some(p) = area.load_pending(&self.mem) else {
+        let Some(p) = pending else {
             // Nothing known beyond the deadline itself: keep it.
             self.counters.memory_errors += 1;
             return;

@@ -325,6 +325,34 @@ fn a_grace_period_ends_at_a_registration_change() {
 }
 
 #[test]
+fn a_deadline_stored_during_a_grace_period_survives_the_registration_change() {
+    for (value, what) in CHANGES {
+        // Pushed to 1100 or later (not below armed = 1100: no trap).
+        for p in [1100, 1500] {
+            let mut r = Rig::new(Config::rfc().with_grace(GracePolicy::Fixed(100)));
+            r.write(1000);
+            assert_eq!(r.expire(), KickOutcome::Injected);
+            r.store(OLD, p);
+            r.register(value);
+            assert_eq!(r.t.grace_deadline(), 0, "{what}");
+            r.assert_kept_unpublished(p, &[OLD, NEW]);
+            r.assert_fires_once_at(p);
+            assert_eq!(r.fired(), [1000, p], "{what}");
+        }
+        // The delivered deadline (stale) or 0 is nothing new.
+        for p in [1000, 0] {
+            let mut r = Rig::new(Config::new().with_grace(GracePolicy::Fixed(100)));
+            r.write(1000);
+            assert_eq!(r.expire(), KickOutcome::Injected);
+            r.store(OLD, p);
+            r.register(value);
+            r.assert_nothing_armed();
+            assert_eq!(r.t.grace_deadline(), 0, "{what}");
+        }
+    }
+}
+
+#[test]
 fn reset_and_a_mode_change_still_clear() {
     let mut r = Rig::rfc();
     r.write(1000);

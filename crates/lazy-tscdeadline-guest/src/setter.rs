@@ -128,7 +128,8 @@ impl<S: SharedFields, M: MsrWriter> DeadlineSetter<S, M> {
     }
 
     /// Unregisters the struct (writes [`disable_value`]) and returns it.
-    /// The host drops any armed deadline; the guest re-programs afterwards.
+    /// The host keeps an armed deadline (unpublished: it fires unless the
+    /// next write, which traps, replaces it).
     pub fn unregister(&mut self) -> Option<S> {
         let shared = self.shared.take();
         self.host_offers_exitless = false;

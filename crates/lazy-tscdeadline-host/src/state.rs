@@ -41,7 +41,8 @@ pub struct Counters {
     /// Deadlines that expired while the LVT timer was masked: nothing was
     /// delivered (the deadline is disarmed, as on hardware).
     pub masked_expiries: u64,
-    /// Deadlines dropped by CLEAR (LVT mode change, registration change).
+    /// Deadlines dropped by CLEAR (a change of the LVT timer mode).
+    /// Registration changes keep the deadline and do not count here.
     pub clears: u64,
     /// Kicks that found the deadline cancelled by the guest.
     pub kick_cancels: u64,
@@ -72,6 +73,9 @@ pub struct Counters {
     /// Grace expiries that found a new deadline in `pending` (re-armed for
     /// it, or delivered it): each one is a trap the guest did not take.
     pub grace_hits: u64,
+    /// Deadlines taken over from elsewhere (KVM's in-kernel LAPIC) with
+    /// [`adopt_deadline`](crate::TscDeadlineTimer::adopt_deadline).
+    pub adopted: u64,
 }
 
 impl core::ops::AddAssign for Counters {
@@ -96,6 +100,7 @@ impl core::ops::AddAssign for Counters {
             grace_arms,
             grace_expiries,
             grace_hits,
+            adopted,
         } = other;
         self.trapped_writes += trapped_writes;
         self.ignored_writes += ignored_writes;
@@ -115,6 +120,7 @@ impl core::ops::AddAssign for Counters {
         self.grace_arms += grace_arms;
         self.grace_expiries += grace_expiries;
         self.grace_hits += grace_hits;
+        self.adopted += adopted;
     }
 }
 

@@ -782,9 +782,12 @@ where
         self.grace.cycles = self.config.grace.length(next).unwrap_or(current);
     }
 
-    /// Registration MSR write: enable, disable or re-register. Any change
-    /// drops the armed deadline (after expiring it if it is already due)
-    /// and starts the new struct with `armed = 0`.
+    /// Registration MSR write: enable, disable or re-register. The
+    /// architectural timer is kept: a due deadline is delivered first
+    /// (catch-up), a published one is settled against the old struct's
+    /// `pending` ([`settle_for_registration`](Self::settle_for_registration)),
+    /// a grace period ends, and what remains stays armed **unpublished**;
+    /// both the old and the new struct read `armed = 0`.
     fn register(&mut self, value: u64) -> Result<(), GuestFault> {
         if !self.config.lazy_advertised {
             return Err(GuestFault::FeatureNotAdvertised);
@@ -797,7 +800,10 @@ where
             None => None,
         };
         self.catch_up();
-        self.clear();
+        self.settle_for_registration();
+        // `armed = 0` in the old struct: what stays armed is unpublished.
+        self.published_to(0);
+        self.published = false;
         self.grace.missed = false;
         self.registration = registration;
         self.area = area;
@@ -812,6 +818,93 @@ where
             self.counters.registrations += 1;
         }
         Ok(())
+    }
+
+    /// Before a registration change (after [`catch_up`](Self::catch_up),
+    /// so nothing armed is due unless the timer is paused): turns what the
+    /// host has armed into the guest's effective deadline, to be kept
+    /// unpublished. Whatever is published is settled against the old
+    /// struct's `pending = p` as a KICK would, minus delivery. The guest is
+    /// stopped in this WRMSR exit, so `pending` cannot change under the
+    /// host: one read suffices, and no re-check is needed.
+    ///
+    /// - A published deadline `d`: `p > d` (a push later that did not
+    ///   trap) becomes the deadline; `p == 0` with exitless cancel offered
+    ///   is a cancel that did not trap: nothing armed; anything else keeps
+    ///   `d` (a later value is the only one a non-trapping write can leave,
+    ///   and without the offer an honest cancel always traps).
+    /// - A grace period holds no real deadline and ends, but the guest may
+    ///   have stored one during it without trapping (any `p >= grace`): as
+    ///   at the grace expiry, `p` other than 0 and `stale` and still in the
+    ///   future becomes the deadline; otherwise nothing stays armed.
+    /// - An unpublished deadline is the guest's latest (every write since
+    ///   it was armed trapped): kept, `pending` not read.
+    fn settle_for_registration(&mut self) {
+        let in_grace = self.grace.deadline != 0;
+        if !self.published || self.target() == 0 {
+            return;
+        }
+        let pending = self.area.and_then(|area| area.load_pending(&self.mem));
+        if in_grace {
+            self.disarm_timer();
+            self.grace.deadline = 0;
+            match pending {
+                Some(p) if p != 0 && p != self.grace.stale && p > self.clock.now() => {
+                    self.deadline = p;
+                    if !self.paused {
+                        self.arm_timer(p);
+                    }
+                }
+                Some(_) => {}
+                None => self.counters.memory_errors += 1,
+            }
+            return;
+        }
+        let Some(p) = pending else {
+            // Nothing known beyond the deadline itself: keep it.
+            self.counters.memory_errors += 1;
+            return;
+        };
+        if p > self.deadline {
+            self.deadline = p;
+            if !self.paused {
+                self.arm_timer(p);
+            }
+        } else if p == 0 && self.config.exitless_cancel {
+            self.clear_deadline();
+        }
+    }
+
+    /// Arms `deadline`, an architectural TSC deadline taken over from
+    /// elsewhere (e.g. from KVM's in-kernel LAPIC when the VMM starts
+    /// emulating the timer), **without publishing it**: `armed` reads 0 in
+    /// the registered struct, so the guest's next write traps and replaces
+    /// it, and its expiry is delivered without reading `pending` (which
+    /// does not hold it). It replaces whatever the host had armed (a grace
+    /// period included). 0 arms nothing; a deadline already due fires at
+    /// once (unless the LVT is masked); outside TSC-deadline mode it is
+    /// ignored, as a write would be.
+    ///
+    /// Unlike a trapped write ([`write_msr`](Self::write_msr)), this is not
+    /// a guest action: it counts in [`Counters::adopted`] and does not feed
+    /// the adaptive grace policy.
+    pub fn adopt_deadline(&mut self, deadline: u64) -> Result<(), BackendError> {
+        if !self.lvt.is_tsc_deadline() {
+            return self.backend_result();
+        }
+        self.clear_deadline();
+        self.published_to(0);
+        self.published = false;
+        if deadline != 0 {
+            self.counters.adopted += 1;
+            if deadline <= self.clock.now() {
+                self.fire();
+            } else {
+                self.arm_timer(deadline);
+                self.deadline = deadline;
+            }
+        }
+        self.backend_result()
     }
 
     /// KICK without the pause check.

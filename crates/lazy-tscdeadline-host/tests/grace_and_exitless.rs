@@ -230,7 +230,7 @@ fn early_grace_expiry_rearms_and_counts_as_a_grace_wake_up() {
 }
 
 #[test]
-fn mode_change_and_registration_drop_a_grace_period_after_catching_up() {
+fn mode_change_and_registration_end_a_grace_period_after_catching_up() {
     // Mode change: dropped, nothing delivered, not counted as a clear.
     let mut r = Rig::grace();
     r.write(1000);
@@ -248,7 +248,8 @@ fn mode_change_and_registration_drop_a_grace_period_after_catching_up() {
     r.t.set_lvt_timer(LvtTimer::RESET).unwrap();
     assert_eq!(r.fired(), [1000, 1000 + 2 * G]);
     r.assert_armed(0);
-    // Registration: dropped, armed 0 in the old struct.
+    // Registration: the grace period ends (it holds no real deadline),
+    // armed 0 in the old struct.
     let mut r = Rig::grace();
     r.write(1000);
     r.expire();

@@ -222,3 +222,35 @@ fn the_grace_phase_shares_the_round_budget() {
     assert!(!t.is_published());
     assert_eq!((t.deadline(), t.grace_deadline()), (9004, 0));
 }
+
+/// A registration change reads `pending` of the old struct at most once
+/// (the guest is stopped in the WRMSR exit: the value cannot move), and only
+/// when a deadline is published there; it publishes `armed = 0` in the old
+/// struct and in the new one, and nothing else.
+#[test]
+fn a_registration_change_reads_pending_once_and_publishes_only_zero() {
+    let guest = RacingGuest::default();
+    let clock = Clock::default();
+    let mut t = TscDeadlineTimer::new(
+        &guest,
+        Nop,
+        &clock,
+        Nop,
+        LvtTimer::tsc_deadline(0xec),
+        Config::rfc().with_lazy_advertised(true),
+    );
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
+    assert!(t.is_published());
+    let publishes = guest.publishes.get();
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x2001).unwrap();
+    assert_eq!(guest.reads.get(), 1, "one read of the old pending");
+    assert_eq!(guest.publishes.get() - publishes, 2, "old and new struct");
+    assert_eq!(guest.last_armed.get(), 0);
+    // It settled on the one value read (1001, later than 50), unpublished.
+    assert_eq!((t.deadline(), t.is_published()), (1001, false));
+    // Unpublished: the next change reads nothing.
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0).unwrap();
+    assert_eq!(guest.reads.get(), 1, "nothing published: no read");
+    assert_eq!(t.deadline(), 1001);
+}

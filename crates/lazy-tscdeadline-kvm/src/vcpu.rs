@@ -52,7 +52,8 @@ enum Owner {
 pub struct VcpuCounters {
     /// Host timer expiries handled on the vCPU thread.
     pub expiries: u64,
-    /// Times the vCPU's deadline was taken over from KVM.
+    /// Times the vCPU's timer was taken over from KVM (its armed deadline,
+    /// if any, is adopted unpublished by the host timer).
     pub takeovers: u64,
     /// Times it was handed back to KVM.
     pub handbacks: u64,
@@ -434,24 +435,16 @@ where
                 inner.counters.takeovers += 1;
                 self.routing.took_over(self.index);
                 self.read_lvt(&mut inner)?;
-                // A registered vCPU is taken over right after its own
-                // registration write, which CLEARs the armed deadline
-                // wherever it is (docs/PROTOCOL.md §4) and leaves
-                // `armed = 0` (§2), as under `Always` routing: only a
-                // deadline already due still fires. (Armed here, it would
-                // be published without the guest's `pending` holding it,
-                // and its expiry would read whatever `pending` holds: a
-                // lost interrupt for 0.)
-                let registered = inner.timer.registration().is_enabled();
-                let due = deadline <= inner.timer.clock().now();
-                if deadline != 0 && (!registered || due) {
-                    match inner.timer.write_msr(MSR_IA32_TSC_DEADLINE, deadline) {
-                        Ok(()) => {}
-                        Err(WriteMsrError::Backend(e)) => return Err(e.into()),
-                        // 0x6e0 writes do not fault.
-                        Err(_) => {}
-                    }
-                }
+                // Adopted, not written as an UPDATE: the deadline is
+                // architectural state taken over from KVM, not a guest write,
+                // and the guest's `pending` does not hold it (a registering
+                // vCPU is taken over right after its registration write,
+                // which kept `armed = 0`, docs/PROTOCOL.md §4.1). So it is
+                // armed unpublished: its expiry is delivered without reading
+                // `pending`, and the guest's next write traps (it reads
+                // `armed == 0`) and replaces it. A deadline already past
+                // fires at once.
+                inner.timer.adopt_deadline(deadline)?;
             }
             (false, Owner::Vmm) => {
                 // The armed deadline goes back to KVM (which ignores it

@@ -160,6 +160,13 @@ impl Rig {
         self.mem.read_obj(GuestAddress(STRUCT_GPA)).unwrap()
     }
 
+    /// The guest stores `pending` (before its trapped write).
+    fn store_pending(&self, deadline: u64) {
+        self.mem
+            .write_obj(deadline, GuestAddress(STRUCT_GPA + 8))
+            .unwrap();
+    }
+
     /// Whether the timer vector is pending in the LAPIC's IRR.
     fn irr_has_timer_vector(&self) -> bool {
         let lapic = self.vcpu.get_lapic().unwrap();
@@ -264,9 +271,10 @@ fn opt_in_routes_0x6e0_only_while_registered_and_hands_deadlines_over() {
     r.arm_in_kvm(deadline);
     assert_eq!(r.kvm_deadline(), deadline);
 
-    // Registration: routed, and the timer taken over from KVM; the
-    // registration CLEARs the deadline KVM had armed (docs/PROTOCOL.md §4),
-    // as it would a deadline armed in the VMM, and `armed` stays 0 (§2).
+    // Registration: routed, and the timer taken over from KVM. The
+    // registration leaves the timer alone (docs/PROTOCOL.md §4.1) and the
+    // take-over adopts KVM's deadline unpublished: it is armed in the VMM,
+    // RDMSR reads it, and `armed` stays 0 (§2) so that the next write traps.
     assert_eq!(
         r.wrmsr(REGISTRATION, STRUCT_GPA | 1),
         (MsrOutcome::Handled, 0)
@@ -274,28 +282,34 @@ fn opt_in_routes_0x6e0_only_while_registered_and_hands_deadlines_over() {
     assert!(r.routing.tsc_deadline_routed());
     assert!(r.timer.vmm_owned());
     assert_eq!(r.kvm_deadline(), 0, "still armed in KVM");
-    assert_eq!(r.timer.with_timer(|t| t.deadline()), 0);
+    assert_eq!(r.timer.with_timer(|t| t.deadline()), deadline);
+    assert!(!r.timer.with_timer(|t| t.is_published()));
     assert_eq!(r.armed(), 0, "armed published after a registration");
-    assert_eq!(r.rdmsr(TSC_DEADLINE), (MsrOutcome::Handled, 0));
+    assert_eq!(r.rdmsr(TSC_DEADLINE), (MsrOutcome::Handled, deadline));
     assert_eq!(r.rdmsr(REGISTRATION), (MsrOutcome::Handled, STRUCT_GPA | 1));
     assert_eq!(r.timer.counters().takeovers, 1);
+    assert_eq!(r.timer.timer_counters().adopted, 1);
 
-    // The guest's next write traps (armed is 0) and arms it.
-    assert_eq!(r.wrmsr(TSC_DEADLINE, deadline).0, MsrOutcome::Handled);
-    assert_eq!(r.armed(), deadline);
-    // A trapped write supersedes it.
+    // The guest's next write traps (armed is 0), replaces it and publishes.
+    // (The guest stores `pending` first, as section 3 says.)
     let later = deadline + r.ms(1000);
+    r.store_pending(later);
     assert_eq!(r.wrmsr(TSC_DEADLINE, later).0, MsrOutcome::Handled);
     assert_eq!(r.armed(), later);
+    // A trapped earlier write supersedes it.
+    let earlier = deadline + r.ms(500);
+    r.store_pending(earlier);
+    assert_eq!(r.wrmsr(TSC_DEADLINE, earlier).0, MsrOutcome::Handled);
+    assert_eq!(r.armed(), earlier);
 
-    // Disable: a registration change clears the armed deadline
-    // (docs/PROTOCOL.md §4, CLEAR), so nothing is handed back; 0x6e0 goes
-    // back to KVM.
+    // Disable: the registration change keeps the armed deadline
+    // (unpublished), which is handed back to KVM with 0x6e0.
     assert_eq!(r.wrmsr(REGISTRATION, 0), (MsrOutcome::Handled, 0));
     assert!(!r.timer.vmm_owned());
     assert!(!r.routing.tsc_deadline_routed());
-    assert_eq!(r.kvm_deadline(), 0);
+    assert_eq!(r.kvm_deadline(), earlier, "the kept deadline handed back");
     assert_eq!(r.timer.with_timer(|t| t.deadline()), 0);
+    assert_eq!(r.armed(), 0);
     assert_eq!(r.timer.counters().handbacks, 1);
     assert!(
         !r.irr_has_timer_vector(),
@@ -482,7 +496,7 @@ fn save_and_restore_into_a_fresh_vm_keeps_the_deadline_paused_until_resumed() {
 }
 
 #[test]
-fn a_registration_clears_the_deadline_armed_in_kvm_as_under_always_routing() {
+fn a_registration_keeps_the_deadline_armed_in_kvm_as_under_always_routing() {
     let Some(kvm) = kvm_or_skip("the registration-while-armed test") else {
         return;
     };
@@ -496,33 +510,37 @@ fn a_registration_clears_the_deadline_armed_in_kvm_as_under_always_routing() {
         } else {
             r.wrmsr(TSC_DEADLINE, deadline);
         }
-        // `pending` holds what the guest left there (the protocol does
-        // not initialise it): here 0, as after `AtomicSharedFields::reset`.
+        // `pending` holds what the guest left there (the protocol does not
+        // initialise it): here 0, which a read at the expiry would take for
+        // a cancel. The kept deadline must not read it.
         r.mem.write_obj(0u64, GuestAddress(STRUCT_GPA + 8)).unwrap();
         r.wrmsr(REGISTRATION, STRUCT_GPA | 1);
         assert!(r.timer.vmm_owned(), "{policy:?}");
         assert_eq!(r.kvm_deadline(), 0, "{policy:?}");
-        // The same guest-visible state under both policies: CLEARed, and
-        // `armed = 0` so that the guest's next write traps. (Before the
-        // fix, opt-in published the taken-over deadline with `pending` 0:
-        // its expiry read `pending`, cancelled it, and the interrupt was
-        // lost.)
-        assert_eq!(r.timer.with_timer(|t| t.deadline()), 0, "{policy:?}");
+        // The same guest-visible state under both policies: the deadline
+        // survives the registration, unpublished (`armed = 0`, so that the
+        // guest's next write traps), as on hardware and in the RFC's KVM.
+        // (Opt-in used to publish the taken-over deadline with `pending`
+        // 0, losing the interrupt; then to clear it at the registration.)
+        assert_eq!(r.timer.with_timer(|t| t.deadline()), deadline, "{policy:?}");
         assert_eq!(r.armed(), 0, "{policy:?}");
-        assert_eq!(r.rdmsr(TSC_DEADLINE).1, 0, "{policy:?}");
-        // The guest re-programs: the trap arms it, and it fires.
-        r.mem
-            .write_obj(deadline, GuestAddress(STRUCT_GPA + 8))
-            .unwrap();
-        r.wrmsr(TSC_DEADLINE, deadline);
-        assert_eq!(r.armed(), deadline, "{policy:?}");
+        assert_eq!(r.rdmsr(TSC_DEADLINE).1, deadline, "{policy:?}");
+        // It fires once, at its time, without a guest write.
         r.wait_for_expiry();
+        assert!(r.clock.now() >= deadline, "{policy:?}: early");
         assert_eq!(
             r.timer.service().unwrap(),
             Some(KickOutcome::Injected),
             "{policy:?}"
         );
         assert!(r.irr_has_timer_vector(), "{policy:?}");
+        assert_eq!(r.timer.timer_counters().injections, 1, "{policy:?}");
+        assert_eq!(r.timer.with_timer(|t| t.deadline()), 0, "{policy:?}");
+        assert_eq!(r.rdmsr(TSC_DEADLINE).1, 0, "{policy:?}");
+        assert_eq!(r.armed(), 0, "{policy:?}");
+        // Nothing more: no second interrupt.
+        assert_eq!(r.timer.service().unwrap(), None, "{policy:?}");
+        assert_eq!(r.timer.timer_counters().injections, 1, "{policy:?}");
     }
     drop(kvm);
 }

@@ -9,16 +9,15 @@ use crate::Interrupt;
 /// not from the host crate: writes arm it only in TSC-deadline mode, masked
 /// or not, and are ignored in other modes; a change of the timer mode
 /// disarms it; an expiry disarms it and delivers an interrupt only if the
-/// LVT is unmasked at that moment. When `registration_cancels` is set it
-/// also drops the deadline on every registration MSR write, as the lazy
-/// host does. Before an LVT change or a registration write, a deadline
-/// already due expires under the old LVT value: a host catches up with a
-/// late timer before it acts on such a write.
+/// LVT is unmasked at that moment. A write of the registration MSR (an
+/// unrelated paravirtual MSR, as far as the architecture is concerned)
+/// leaves the deadline alone. Before an LVT change or a registration write,
+/// a deadline already due expires under the old LVT value: a host catches
+/// up with a late timer before it acts on such a write.
 #[derive(Clone, Debug)]
 pub struct EagerModel {
     lvt: u32,
     deadline: u64,
-    registration_cancels: bool,
     fired: Vec<Interrupt>,
 }
 
@@ -43,13 +42,18 @@ pub(crate) fn masked(lvt: u32) -> bool {
     lvt & MASK_BIT != 0
 }
 
+impl Default for EagerModel {
+    fn default() -> Self {
+        EagerModel::new()
+    }
+}
+
 impl EagerModel {
     /// A model in the reset state.
-    pub fn new(registration_cancels: bool) -> Self {
+    pub fn new() -> Self {
         EagerModel {
             lvt: LVT_RESET,
             deadline: 0,
-            registration_cancels,
             fired: Vec::new(),
         }
     }
@@ -88,12 +92,10 @@ impl EagerModel {
         self.lvt = raw;
     }
     /// The guest wrote the registration MSR (successfully).
-    /// A deadline already due is delivered first.
+    /// A deadline already due is delivered (the host looks at its timer);
+    /// the armed deadline is otherwise untouched.
     pub fn registration_write(&mut self, now: u64) {
-        if self.registration_cancels {
-            self.expire(now);
-            self.deadline = 0;
-        }
+        self.expire(now);
     }
     /// INIT/RESET.
     pub fn reset(&mut self) {

@@ -209,7 +209,7 @@ impl Scenario {
     fn new(kind: GuestKind, policy: Policy, honest: bool) -> Self {
         Scenario {
             vcpu: SimVcpu::with_policy(Self::memory(), STRUCT_GPA, kind == GuestKind::Lazy, policy),
-            reference: EagerModel::new(kind == GuestKind::Lazy),
+            reference: EagerModel::new(),
             kind,
             policy,
             honest,
@@ -308,10 +308,10 @@ impl Scenario {
                 }
             }
             // Events that drop the deadline, after what they may deliver
-            // first.
+            // first. (A registration change is not one: the deadline
+            // survives it.)
             match op {
                 Op::Reset => self.wish = None,
-                _ if self.registration_written => self.wish = None,
                 _ if !tsc_deadline_mode(self.lvt) => self.wish = None,
                 _ => {}
             }
@@ -321,11 +321,11 @@ impl Scenario {
             .map_err(|what| ScenarioError::Inconsistent { step, what })
     }
 
-    /// After a reset or a registration write: nothing armed on the host, and
-    /// `armed` cleared in the struct that was registered. (A hostile guest
-    /// may have dropped the registration behind its setter's back with raw
-    /// MSR writes and scribbled `armed` since; the host must not write to an
-    /// unregistered struct, so `armed` is only checked for honest guests.)
+    /// After a reset: nothing armed on the host, and `armed` cleared in the
+    /// struct that was registered. (A hostile guest may have dropped the
+    /// registration behind its setter's back with raw MSR writes and
+    /// scribbled `armed` since; the host must not write to an unregistered
+    /// struct, so `armed` is only checked for honest guests.)
     fn check_dropped(&self, step: usize, what: &str) -> Result<(), ScenarioError> {
         let deadline = self.vcpu.host().deadline();
         let timer = self.vcpu.timer().deadline();
@@ -336,6 +336,49 @@ impl Scenario {
                 step,
                 what: format!(
                     "after {what}: host deadline {deadline}, host timer {timer:?}, armed in memory {armed}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// After a registration or a disable: `armed` reads 0 in the struct
+    /// (the guest's one struct, registered before and, after a
+    /// registration, again), nothing is published and no grace period
+    /// runs, and the host keeps the guest's effective deadline as the
+    /// independent eager reference has it: RDMSR reads it and the host
+    /// timer is armed for it (none when it is 0). Honest guests only: a
+    /// hostile one scribbles `pending` and `armed` and has no effective
+    /// deadline to compare with.
+    fn check_kept(&self, step: usize, what: &str) -> Result<(), ScenarioError> {
+        if !self.honest {
+            return Ok(());
+        }
+        let want = self.reference.deadline();
+        let host = self.vcpu.host();
+        let deadline = host.deadline();
+        let grace = host.grace_deadline();
+        let published = host.is_published();
+        let rdmsr = host
+            .read_msr(lazy_tscdeadline_abi::MSR_IA32_TSC_DEADLINE)
+            .unwrap_or(u64::MAX);
+        drop(host);
+        let timer = self.vcpu.timer().deadline();
+        let (armed, _) = self.vcpu.shared_fields();
+        let want_timer = (want != 0).then_some(want);
+        if deadline != want
+            || rdmsr != want
+            || timer != want_timer
+            || armed != 0
+            || published
+            || grace != 0
+        {
+            return Err(ScenarioError::Inconsistent {
+                step,
+                what: format!(
+                    "after {what}: the guest's deadline is {want}; host deadline {deadline}, \
+                     RDMSR {rdmsr}, host timer {timer:?}, armed in memory {armed}, \
+                     published {published}, grace deadline {grace}"
                 ),
             });
         }
@@ -386,7 +429,7 @@ impl Scenario {
                     self.registered = true;
                     self.registration_written = true;
                     self.reference.registration_write(now);
-                    self.check_dropped(step, "registration")?;
+                    self.check_kept(step, "registration")?;
                 }
                 Err(e) => {
                     return Err(ScenarioError::Refused {
@@ -400,7 +443,7 @@ impl Scenario {
                 self.registered = false;
                 self.registration_written = true;
                 self.reference.registration_write(now);
-                self.check_dropped(step, "disable")?;
+                self.check_kept(step, "disable")?;
             }
             Op::Register | Op::Unregister => {}
             Op::Reset => {

@@ -13,12 +13,14 @@
 //! - no early or spurious interrupt: no injection comes before the earliest
 //!   deadline that may be current (that of the last completed write, or of
 //!   a write in flight if earlier), nor after a completed cancellation, LVT
-//!   mode change, unregistration or reset; none while the LVT timer is
+//!   mode change or reset; none while the LVT timer is
 //!   masked; the guest takes at most one interrupt per deadline write
 //!   (injections merge in the IRR, as in a LAPIC, while the guest writes
 //!   with interrupts disabled);
 //! - an expiry the host reports as masked happened while the LVT was masked;
-//! - no lost deadline: once both threads are done, the guest's last deadline
+//! - no lost deadline (a re-registration keeps the deadline armed, so the
+//!   guest's deadline stays current across it): once both threads are
+//!   done, the guest's last deadline
 //!   either has fired, or has a host timer armed and fires when the host
 //!   timer does, exactly once, or expired while the LVT was masked (it was
 //!   due, by the guest TSC, with the LVT masked when the timer thread
@@ -231,8 +233,8 @@ struct Guest {
     fields: Arc<Fields>,
     timer: Arc<Mutex<Timer>>,
     /// The earliest deadline that may be current: that of the guest's last
-    /// completed write ([`NONE`] after a cancellation, a masked LVT or an
-    /// unregistration), lowered to the new deadline while a write is in
+    /// completed write ([`NONE`] after a cancellation, a mode change or a
+    /// reset; a registration change keeps it), lowered to the new deadline while a write is in
     /// flight.
     intent: Arc<AtomicU64>,
     /// Deadline writes made, for the duplicate check.
@@ -295,9 +297,11 @@ impl Guest {
         take_interrupt(&self.timer);
     }
 
+    /// Disable, then register again: the deadline survives both
+    /// (unpublished), so the intent stays.
     fn reregister(&mut self) {
         self.setter.unregister();
-        self.intent.store(NONE, Ordering::SeqCst);
+        take_interrupt(&self.timer);
         let view = GuestView(self.fields.clone());
         self.setter.register(view, GPA).unwrap();
         take_interrupt(&self.timer);
@@ -553,6 +557,45 @@ fn reregistration_races_the_expiry() {
             g.set(20);
             g.reregister();
             g.set(30);
+        })
+    });
+}
+
+/// The kept deadline is the guest's last one: the host must deliver it,
+/// once, at its expiry (reading no `pending`), whether the expiry of 10,
+/// the re-arm at 20 or the delivery come before, between or after the two
+/// registration writes.
+#[test]
+fn reregistration_keeps_the_deadline_racing_the_expiry() {
+    model(|| {
+        scenario(2, |g| {
+            g.set(20);
+            g.reregister();
+        })
+    });
+}
+
+/// A re-registration during the grace period after 10, with a deadline
+/// stored without trapping during it: kept.
+#[test]
+fn reregistration_keeps_a_deadline_stored_in_a_grace_period() {
+    model(|| {
+        scenario_with(grace(), false, 2, |g| {
+            g.set(20);
+            g.reregister();
+        })
+    });
+}
+
+/// An exitless cancel, then a re-registration, racing the expiry: the
+/// cancel is settled at the registration (nothing stays armed) or by the
+/// kick, never delivered.
+#[test]
+fn reregistration_after_an_exitless_cancel_races_the_expiry() {
+    model(|| {
+        scenario_with(Config::new().with_grace(GracePolicy::Off), true, 2, |g| {
+            g.set(0);
+            g.reregister();
         })
     });
 }

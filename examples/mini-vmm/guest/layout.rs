@@ -176,8 +176,8 @@ pub struct Results {
     /// deadline armed in KVM's LAPIC timer).
     pub deadline_before_registration: u64,
     /// Mid-run registration: `IA32_TSC_DEADLINE` read just after it (from
-    /// the VMM, which owns the timer then; 0: the registration CLEARed the
-    /// deadline).
+    /// the VMM, which owns the timer then and kept the deadline across the
+    /// registration; 0 only if it fired in between).
     pub deadline_after_registration: u64,
     /// Guest-physical address of the registered struct.
     pub lazy_gpa: u64,

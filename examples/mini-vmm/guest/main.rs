@@ -152,8 +152,8 @@ impl Workload<'_> {
         if let Some((area, gpa)) = self.deferred.take() {
             // The deadline armed before registering (by KVM's LAPIC, or by
             // the VMM if another vCPU's registration routed 0x6e0 first),
-            // then after: 0, as the registration CLEARs it
-            // (docs/PROTOCOL.md §4).
+            // then after: the same, as a registration leaves the timer
+            // alone (docs/PROTOCOL.md §4.1), as on hardware and in the RFC.
             report!(
                 self.cpu,
                 deadline_before_registration,
@@ -169,12 +169,10 @@ impl Workload<'_> {
             );
             let stats = self.setter.stats();
             self.at_registration = Some((stats.writes, stats.traps));
-            // Re-program the current deadline, as the protocol asks after a
-            // registration (this write traps: `armed` is 0).
-            let current = self.state.current.load(Relaxed);
-            if current != 0 {
-                self.set(current);
-            }
+            // No re-programming: the deadline armed before the registration
+            // stays armed in the VMM (unpublished, `armed` reads 0) and
+            // fires on its own; the next deadline write traps and replaces
+            // it.
         }
     }
 

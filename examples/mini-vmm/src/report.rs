@@ -42,7 +42,8 @@ pub struct ModeReport {
     pub deadline_writes_registered: Option<u64>,
     /// Mid-run registrations made with a deadline armed (the guest read
     /// `IA32_TSC_DEADLINE` just before) / after which `IA32_TSC_DEADLINE`
-    /// still read a deadline (the registration CLEARs it: 0 expected).
+    /// still read a deadline (the registration keeps it: as many expected,
+    /// unless one fired in between).
     pub armed_at_registration: Option<(u64, u64)>,
     /// Times a vCPU's TSC-deadline timer was taken over from KVM by the
     /// VMM (`lazy-tscdeadline-kvm`'s counters; modes with a routing).
@@ -606,7 +607,7 @@ pub fn to_table(reports: &[ModeReport]) -> String {
     if reports.iter().any(|r| r.armed_at_registration.is_some()) {
         out.push_str(
             "[7] optin: vCPUs whose IA32_TSC_DEADLINE read a deadline just before registering -> just after (the\n    \
-             registration CLEARs it, docs/PROTOCOL.md §4, so 0; the guest then re-programs it).\n",
+             registration keeps it, docs/PROTOCOL.md §4.1, so the same unless it fired in between).\n",
         );
     }
     let emulated: Vec<String> = reports

@@ -1,7 +1,7 @@
 //! The VM: capability checks, guest memory and its initial contents (image,
 //! page tables, GDT, TSSs, parameters), CPUID, and one run of the workload
 //! in one mode, with the timer glue of `lazy-tscdeadline-kvm` as the mode's
-//! [`ModeSpec`](crate::mode::ModeSpec) says.
+//! [`ModeSpec`] says.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};

@@ -80,12 +80,14 @@ fn tiny_sweep_writes_table_json_and_plot() {
         .collect();
     assert_eq!(got, expected, "table rows:\n{md}");
     for r in &rows {
-        assert_eq!(r.len(), 12, "row {r:?}");
+        // depth, timeout, writes, six per-mode columns, four ratios
+        // (lazy/lazy-rfc, lazy/eager, lazy/kernel, lazy/necessary).
+        assert_eq!(r.len(), 13, "row {r:?}");
         assert!(
             r[3].starts_with("n/a / "),
             "kernel exits are not n/a: {r:?}"
         );
-        assert_eq!(r[11], "1.000", "lazy exits off the protocol floor: {r:?}");
+        assert_eq!(r[12], "1.000", "lazy exits off the protocol floor: {r:?}");
     }
     assert!(md.contains("Targets:"));
 

@@ -285,6 +285,8 @@ fn writes_outside_tsc_deadline_mode_are_ignored_and_counted() {
 fn collaborator_failures_are_backend_errors_not_guest_faults() {
     let mut r = Rig::new(LIVE, true);
     r.timer.fail.set(true);
+    // The guest's store of `pending`, then its trap (as `Rig::write`).
+    r.mem.write_obj(100u64, GuestAddress(GPA + 8)).unwrap();
     let e = r.t.write_msr(MSR_IA32_TSC_DEADLINE, 100).unwrap_err();
     assert!(!e.is_guest_fault());
     assert!(

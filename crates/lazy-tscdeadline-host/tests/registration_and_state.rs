@@ -330,6 +330,9 @@ mod serde_snapshots {
         assert_eq!(state.counters.kick_cancels, 1);
         assert_eq!(state.counters.masked_expiries, 0, "new counter defaults");
         let mem = memory();
+        // The guest memory restored with the VM: the guest's `pending`
+        // holds the deadline it trapped.
+        mem.write_obj(100u64, GuestAddress(0x1008)).unwrap();
         let mut r = TscDeadlineTimer::from_state(
             &mem,
             Timer::default(),

@@ -29,13 +29,16 @@ mod masking;
 mod mode;
 mod plot;
 mod report;
+mod snapshot;
 mod stats;
 mod sweep;
 mod tsc;
 mod vcpu;
 mod vm;
+mod vmstate;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use error::Error;
 use report::ModeReport;
@@ -43,15 +46,21 @@ use vm::{Execution, Mode, Program, Workload};
 
 struct Args {
     compare: bool,
+    /// `snapshot`: pause after this long.
+    snapshot: Option<u64>,
     mode: Mode,
     json: bool,
     workload: Workload,
 }
 
+/// `snapshot`'s default `--at-ms`.
+const DEFAULT_AT_MS: u64 = 200;
+
 const USAGE: &str =
     "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy|stock|optin] [--requests N] [--depth N] \
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
        [--execution native|emulated|auto]
+       mini-vmm snapshot [--at-ms N] [run's options]
        mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
        mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] [--execution ..]
        mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
@@ -60,6 +69,7 @@ const USAGE: &str =
 fn parse_args() -> Result<Args, Error> {
     let mut a = Args {
         compare: false,
+        snapshot: None,
         mode: Mode::Lazy,
         json: false,
         workload: Workload {
@@ -86,6 +96,8 @@ fn parse_args() -> Result<Args, Error> {
         match arg.as_str() {
             "compare" => a.compare = true,
             "run" => a.compare = false,
+            "snapshot" => a.snapshot = Some(a.snapshot.unwrap_or(DEFAULT_AT_MS)),
+            "--at-ms" => a.snapshot = Some(num("--at-ms")?),
             "--json" => a.json = true,
             "--mode" => {
                 let v = it
@@ -129,6 +141,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(at_ms) = args.snapshot {
+        return snapshot_main(&args, at_ms);
+    }
     let modes: Vec<Mode> = if args.compare {
         Mode::all().collect()
     } else {
@@ -166,5 +181,48 @@ fn main() -> ExitCode {
         print!("{}", report::to_table(&reports));
     }
     let violations: Vec<String> = reports.iter().flat_map(ModeReport::violations).collect();
+    report::exit_status(&violations, "protocol violation")
+}
+
+/// `mini-vmm snapshot`: one run of `--mode` paused, saved, torn down and
+/// restored into a fresh VM mid-workload (see `snapshot.rs`), reported as
+/// `run` reports, with the pause's figures.
+fn snapshot_main(args: &Args, at_ms: u64) -> ExitCode {
+    let (run, figures) =
+        match snapshot::snapshot(args.mode, &args.workload, Duration::from_millis(at_ms)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("mini-vmm: error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let report = ModeReport::from_run(&run);
+    let w = &args.workload;
+    if args.json {
+        let mut out: serde_json::Value =
+            serde_json::from_str(&report::to_json(std::slice::from_ref(&report)))
+                .expect("the report is JSON");
+        out["snapshot"] = figures.json();
+        println!("{out}");
+    } else {
+        println!(
+            "workload: {} vCPUs x {} requests, depth {}, timeout {} us, seed {}, early {}/1000, cancel 1/{}\n",
+            w.vcpus, w.requests, w.depth, w.timeout_us, w.seed, w.early_per_mille, w.cancel_one_in
+        );
+        print!("{}", report::to_table(std::slice::from_ref(&report)));
+        print!("\n{}", figures.table());
+    }
+    let mut violations = report.violations();
+    // Mid-workload: every vCPU had started requests and had some left.
+    if figures
+        .requests_before
+        .iter()
+        .any(|&n| n == 0 || n >= w.requests)
+    {
+        violations.push(format!(
+            "{}: the snapshot was not taken mid-workload (requests started per vCPU: {:?} of {})",
+            args.mode, figures.requests_before, w.requests
+        ));
+    }
     report::exit_status(&violations, "protocol violation")
 }

@@ -42,25 +42,26 @@ use std::time::Duration;
 
 use error::Error;
 use report::ModeReport;
+use snapshot::PauseAt;
 use vm::{Execution, Mode, Program, Workload};
 
 struct Args {
     compare: bool,
-    /// `snapshot`: pause after this long.
-    snapshot: Option<u64>,
+    /// `snapshot`: when to pause.
+    snapshot: Option<snapshot::PauseAt>,
     mode: Mode,
     json: bool,
     workload: Workload,
 }
 
 /// `snapshot`'s default `--at-ms`.
-const DEFAULT_AT_MS: u64 = 200;
+const DEFAULT_AT: Duration = Duration::from_millis(200);
 
 const USAGE: &str =
     "usage: mini-vmm [run|compare] [--mode kernel|eager|lazy|stock|optin] [--requests N] [--depth N] \
 [--timeout-us N] [--seed N] [--vcpus N] [--early-per-mille N] [--cancel-one-in N] [--json]
        [--execution native|emulated|auto]
-       mini-vmm snapshot [--at-ms N] [run's options]
+       mini-vmm snapshot [--at-ms N | --at-request N] [run's options]
        mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json] [--execution ..]
        mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json] [--execution ..]
        mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths N,N,..] [--timeouts-us N,N,..]
@@ -96,8 +97,13 @@ fn parse_args() -> Result<Args, Error> {
         match arg.as_str() {
             "compare" => a.compare = true,
             "run" => a.compare = false,
-            "snapshot" => a.snapshot = Some(a.snapshot.unwrap_or(DEFAULT_AT_MS)),
-            "--at-ms" => a.snapshot = Some(num("--at-ms")?),
+            "snapshot" => {
+                a.snapshot = Some(a.snapshot.unwrap_or(PauseAt::Time(DEFAULT_AT)));
+            }
+            "--at-ms" => {
+                a.snapshot = Some(PauseAt::Time(Duration::from_millis(num("--at-ms")?)));
+            }
+            "--at-request" => a.snapshot = Some(PauseAt::Request(num("--at-request")?.max(1))),
             "--json" => a.json = true,
             "--mode" => {
                 let v = it
@@ -141,8 +147,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(at_ms) = args.snapshot {
-        return snapshot_main(&args, at_ms);
+    if let Some(at) = args.snapshot {
+        return snapshot_main(&args, at);
     }
     let modes: Vec<Mode> = if args.compare {
         Mode::all().collect()
@@ -187,15 +193,14 @@ fn main() -> ExitCode {
 /// `mini-vmm snapshot`: one run of `--mode` paused, saved, torn down and
 /// restored into a fresh VM mid-workload (see `snapshot.rs`), reported as
 /// `run` reports, with the pause's figures.
-fn snapshot_main(args: &Args, at_ms: u64) -> ExitCode {
-    let (run, figures) =
-        match snapshot::snapshot(args.mode, &args.workload, Duration::from_millis(at_ms)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("mini-vmm: error: {e}");
-                return ExitCode::from(2);
-            }
-        };
+fn snapshot_main(args: &Args, at: PauseAt) -> ExitCode {
+    let (run, figures) = match snapshot::snapshot(args.mode, &args.workload, at) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mini-vmm: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let report = ModeReport::from_run(&run);
     let w = &args.workload;
     if args.json {

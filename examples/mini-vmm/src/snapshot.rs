@@ -52,11 +52,11 @@ use lazy_tscdeadline_kvm::{
     VcpuTimerState,
 };
 use serde_json::{json, Value};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::error::Error;
 use crate::expiry::{TimerThread, Watchdog};
-use crate::layout::{Results, MSR_PVM_VIF_PAGE, RESULTS_GPA, RESULTS_STRIDE};
+use crate::layout::MSR_PVM_VIF_PAGE;
 use crate::mode::Mode;
 use crate::vcpu::{self, Carried, Ended, Timer, VcpuOutcome, VcpuRun};
 use crate::vm::{self, Booted, ModeRun, Workload};
@@ -65,7 +65,8 @@ use crate::vmstate::{self, VcpuState};
 /// What the pause, save and restore measured.
 #[derive(Debug, Default)]
 pub struct Figures {
-    /// When the pause was requested, after the vCPU threads started.
+    /// When the pause was requested, in milliseconds after the vCPU threads
+    /// started.
     pub at_ms: u64,
     /// From the pause request until every vCPU thread had stopped.
     pub stop_us: u64,
@@ -198,6 +199,51 @@ fn in_mode(mode: Mode, e: Error) -> Error {
     }
 }
 
+/// When to pause.
+#[derive(Clone, Copy, Debug)]
+pub enum PauseAt {
+    /// This long after the vCPU threads started (`--at-ms`).
+    Time(Duration),
+    /// Once every vCPU has started this many requests (`--at-request`;
+    /// read from the guest's results page every millisecond).
+    Request(u64),
+}
+
+/// Waits until it is time to pause. Returns a vCPU thread that ended
+/// before (an error for the caller).
+fn wait_for_pause(
+    rx: &mpsc::Receiver<Report>,
+    mem: &GuestMemoryMmap,
+    vcpus: u32,
+    at: PauseAt,
+) -> Result<Option<(usize, Result<Ended, Error>)>, Error> {
+    let early = |(i, r, _): Report| Some((i, r));
+    match at {
+        PauseAt::Time(t) => Ok(rx.recv_timeout(t).ok().and_then(early)),
+        PauseAt::Request(n) => {
+            let start = Instant::now();
+            loop {
+                if let Ok(report) = rx.recv_timeout(Duration::from_millis(1)) {
+                    return Ok(early(report));
+                }
+                let mut all = true;
+                for cpu in 0..vcpus {
+                    all &= requests_started(mem, cpu)? >= n;
+                }
+                if all {
+                    return Ok(None);
+                }
+                if start.elapsed() > vm::RUN_LIMIT {
+                    return Err(Error::Usage(format!(
+                        "the vCPUs did not reach request {n} within {:?}",
+                        vm::RUN_LIMIT
+                    )));
+                }
+            }
+        }
+    }
+}
+
 /// One vCPU as saved.
 struct Saved {
     kvm: VcpuState,
@@ -209,9 +255,9 @@ struct Saved {
 }
 
 /// Boots a VM in `mode`, runs the workload, pauses it `at` after the vCPU
-/// threads started, saves it, tears it down, restores it into a fresh VM
+/// threads started (or at a request), saves it, tears it down, restores it into a fresh VM
 /// and runs it to DONE there. See the module documentation.
-pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figures), Error> {
+pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figures), Error> {
     let spec = mode.spec();
     let Booted {
         kvm,
@@ -231,7 +277,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
     while kickers.len() < vcpus.len() {
         kickers.push(Arc::new(SignalKicker::new(signal)));
     }
-    let watchdog = |vm: &Arc<kvm_ioctls::VmFd>, mem: &Arc<vm_memory::GuestMemoryMmap>| Watchdog {
+    let watchdog = |vm: &Arc<kvm_ioctls::VmFd>, mem: &Arc<GuestMemoryMmap>| Watchdog {
         vm: vm.clone(),
         mem: mem.clone(),
         vcpus: w.vcpus,
@@ -250,12 +296,12 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
         &kickers,
         Some(pause.clone()),
     )?;
-    if let Ok((i, r, _)) = rx.recv_timeout(at) {
+    if let Some((i, r)) = wait_for_pause(&rx, &mem, w.vcpus, at)? {
         pause.store(true, Ordering::SeqCst);
         kickers.iter().for_each(|k| k.kick());
         let what = match r {
-            Ok(Ended::Done(_)) => "finished its workload before the pause: use a smaller --at-ms \
-                 or more --requests"
+            Ok(Ended::Done(_)) => "finished its workload before the pause: pause earlier \
+                 or give it more --requests"
                 .to_string(),
             Ok(Ended::Paused(_)) => "paused unasked".to_string(),
             Err(e) => return Err(in_mode(mode, e)),
@@ -282,8 +328,8 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
                     mode,
                     Error::Vcpu {
                         vcpu: i as u32,
-                        what: "finished its workload before the pause: use a smaller --at-ms or \
-                               more --requests"
+                        what: "finished its workload before the pause: pause earlier or give \
+                               it more --requests"
                             .into(),
                     },
                 ))
@@ -295,7 +341,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
 
     // 2. Save.
     let mut figures = Figures {
-        at_ms: at.as_millis() as u64,
+        at_ms: start.elapsed().as_millis() as u64 - stop_us / 1000,
         stop_us,
         ..Figures::default()
     };
@@ -328,11 +374,9 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
     }
     let routing_state = routing.as_ref().map(|r| r.state());
     let mem_size = vm::mem_size(w);
-    let mut image = vec![0u8; mem_size as usize];
-    mem.read_slice(&mut image, GuestAddress(0))
-        .map_err(Error::memory("copying guest memory"))?;
+    let image = copy_out(&mem, mem_size)?;
     for cpu in 0..w.vcpus {
-        figures.requests_before.push(requests_started(&image, cpu));
+        figures.requests_before.push(requests_started(&mem, cpu)?);
     }
 
     // 3. Tear down: the timers (and their timerfds), the routing, the VM.
@@ -344,8 +388,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
 
     // 4. Restore into a fresh VM.
     let (vm, mem) = vm::new_vm(&kvm, mem_size)?;
-    mem.write_slice(&image, GuestAddress(0))
-        .map_err(Error::memory("restoring guest memory"))?;
+    copy_in(&mem, &image)?;
     drop(image);
     let mut vcpus = Vec::new();
     for (i, s) in saved.iter().enumerate() {
@@ -409,7 +452,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
     let mut outcomes: Vec<Option<VcpuOutcome>> = (0..w.vcpus).map(|_| None).collect();
     let mut last_done = start;
     for (i, r, at) in collect(mode, &rx, w.vcpus)? {
-        let detail = |mem: &vm_memory::GuestMemoryMmap| {
+        let detail = |mem: &GuestMemoryMmap| {
             vm::read_results(mem, i as u32)
                 .map(|r| {
                     format!(
@@ -479,12 +522,61 @@ pub fn snapshot(mode: Mode, w: &Workload, at: Duration) -> Result<(ModeRun, Figu
     Ok((run, figures))
 }
 
-/// `Results::requests_started` of `cpu` in a copy of guest memory.
-fn requests_started(image: &[u8], cpu: u32) -> u64 {
-    let at = (RESULTS_GPA
-        + u64::from(cpu) * RESULTS_STRIDE
-        + std::mem::offset_of!(Results, requests_started) as u64) as usize;
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&image[at..at + 8]);
-    u64::from_le_bytes(bytes)
+/// `Results::requests_started` of `cpu`.
+fn requests_started(mem: &GuestMemoryMmap, cpu: u32) -> Result<u64, Error> {
+    Ok(vm::read_results(mem, cpu)?.requests_started)
+}
+
+/// The host mapping of all of `mem` (one region at guest-physical 0 of
+/// `len` bytes, as `vm::new_vm` makes it).
+fn host_range(mem: &GuestMemoryMmap, len: u64) -> Result<*mut u8, Error> {
+    let slice = mem
+        .get_slice(GuestAddress(0), len as usize)
+        .map_err(Error::memory("mapping guest memory"))?;
+    Ok(slice.ptr_guard_mut().as_ptr())
+}
+
+/// Guest memory as saved: its size and its non-zero 4 KiB pages (a fresh
+/// mapping reads zero elsewhere; copying only these keeps the pause short,
+/// as page faults dominate a full copy on this project's hosts).
+struct Image {
+    len: u64,
+    pages: Vec<(u64, Box<[u8; PAGE]>)>,
+}
+
+const PAGE: usize = 4096;
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+
+/// A copy of guest memory, taken with every vCPU and the timer thread
+/// stopped.
+fn copy_out(mem: &GuestMemoryMmap, len: u64) -> Result<Image, Error> {
+    let src = host_range(mem, len)?;
+    let mut pages = Vec::new();
+    for offset in (0..len).step_by(PAGE) {
+        // SAFETY: `src` maps `len` bytes of guest memory (a multiple of
+        // the page size), alive as long as `mem`; nothing writes it
+        // meanwhile (the vCPUs and the timer thread are stopped).
+        let page = unsafe { std::slice::from_raw_parts(src.add(offset as usize), PAGE) };
+        // A slice comparison: `memcmp`, fast in debug builds too.
+        if page != ZERO_PAGE.as_slice() {
+            let mut copy = Box::new([0u8; PAGE]);
+            copy.copy_from_slice(page);
+            pages.push((offset, copy));
+        }
+    }
+    Ok(Image { len, pages })
+}
+
+/// Copies `image` back into the fresh VM's (zeroed) guest memory, before
+/// any vCPU runs.
+fn copy_in(mem: &GuestMemoryMmap, image: &Image) -> Result<(), Error> {
+    let dst = host_range(mem, image.len)?;
+    for (offset, page) in &image.pages {
+        // SAFETY: `dst` maps `image.len` bytes of the fresh guest memory,
+        // alive as long as `mem`, which no vCPU or thread uses yet; each
+        // page lies within it (it was read at the same offset of a mapping
+        // of the same length) and `page` is a distinct allocation.
+        unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), dst.add(*offset as usize), PAGE) };
+    }
+    Ok(())
 }

@@ -229,5 +229,11 @@ fn snapshot_main(args: &Args, at: PauseAt) -> ExitCode {
             args.mode, figures.requests_before, w.requests
         ));
     }
+    if run.pvm_native && report.native() == Some(false) {
+        violations.push(format!(
+            "{}: the guest switched to native execution but ran emulated after the restore",
+            args.mode
+        ));
+    }
     report::exit_status(&violations, "protocol violation")
 }

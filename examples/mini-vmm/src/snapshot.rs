@@ -400,6 +400,17 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
         // The guest TSC first: equal to the host's, as at boot.
         vcpu::set_tsc_offset_zero(&vcpu)?;
         for (index, value) in vmstate::restore(&vcpu, &s.kvm)? {
+            if index == MSR_PVM_VIF_PAGE {
+                // Without it the restored vCPU runs in KVM's emulator while
+                // the guest believes it runs natively (its interrupt flag
+                // is in the VIF page): interrupts would come at the wrong
+                // times.
+                return Err(Error::Unsupported(format!(
+                    "vCPU {i}: KVM refused the PVM VIF page MSR {MSR_PVM_VIF_PAGE:#x} = \
+                     {value:#x} on restore; the guest ran natively and cannot be restored \
+                     (try --execution emulated)"
+                )));
+            }
             figures.msrs_refused.push((i as u32, index, value));
         }
         vcpus.push(vcpu);

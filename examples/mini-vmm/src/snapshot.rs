@@ -216,15 +216,14 @@ fn wait_for_pause(
     mem: &GuestMemoryMmap,
     vcpus: u32,
     at: PauseAt,
-) -> Result<Option<(usize, Result<Ended, Error>)>, Error> {
-    let early = |(i, r, _): Report| Some((i, r));
+) -> Result<Option<Report>, Error> {
     match at {
-        PauseAt::Time(t) => Ok(rx.recv_timeout(t).ok().and_then(early)),
+        PauseAt::Time(t) => Ok(rx.recv_timeout(t).ok()),
         PauseAt::Request(n) => {
             let start = Instant::now();
             loop {
                 if let Ok(report) = rx.recv_timeout(Duration::from_millis(1)) {
-                    return Ok(early(report));
+                    return Ok(Some(report));
                 }
                 let mut all = true;
                 for cpu in 0..vcpus {
@@ -296,7 +295,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
         &kickers,
         Some(pause.clone()),
     )?;
-    if let Some((i, r)) = wait_for_pause(&rx, &mem, w.vcpus, at)? {
+    if let Some((i, r, _)) = wait_for_pause(&rx, &mem, w.vcpus, at)? {
         pause.store(true, Ordering::SeqCst);
         kickers.iter().for_each(|k| k.kick());
         let what = match r {

@@ -595,7 +595,7 @@ pub(crate) fn collect_results(
     let mut lateness_cycles = Vec::new();
     let bad = |what: String| Error::Results { mode, what };
     for cpu in 0..mem_vcpus(mem)? {
-        let r = read_results(&mem, cpu)?;
+        let r = read_results(mem, cpu)?;
         if r.done != 1 {
             return Err(bad(format!("vCPU {cpu} signalled done without results")));
         }

@@ -5,6 +5,7 @@
 //! ```text
 //! mini-vmm [run] [--mode kernel|eager|lazy|stock|optin] [options]
 //! mini-vmm compare [options]
+//! mini-vmm snapshot [--at-ms N | --at-request N] [--mode M] [options]
 //! mini-vmm hostile [--vcpus N] [--requests N] [--seed N] [--json]
 //! mini-vmm lvt-mask [--rounds N] [--timeout-us N] [--vcpus N] [--json]
 //! mini-vmm sweep [--out DIR] [--requests N] [--vcpus N] [--seed N] [--depths LIST] [--timeouts-us LIST]

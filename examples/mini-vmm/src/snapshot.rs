@@ -126,7 +126,9 @@ impl Figures {
              requests started at the save, per vCPU: {:?}\n\
              deadlines armed at the save: {} in the VMM, {} in KVM ({} vCPUs VMM-owned)\n\
              host timer expiries after the restore: {}\n\
-             MSRs saved per vCPU: {} (VIF page MSR {:#x} listed by KVM: {}); refused on restore: {}\n",
+             MSRs saved per vCPU: {} (VIF page MSR {:#x} listed by KVM: {}); refused on restore: {}\n\
+             (the guest TSC ran on while the VM was stopped: a deadline armed across the pause \
+             fires up to the pause late, in the lateness max; the wall time includes the pause)\n",
             self.at_ms,
             self.stop_us,
             self.pause_ms,

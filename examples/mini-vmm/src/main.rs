@@ -230,6 +230,15 @@ fn snapshot_main(args: &Args, at: PauseAt) -> ExitCode {
             args.mode, figures.requests_before, w.requests
         ));
     }
+    let bound_ms = vm::MISS_BOUND_MS as f64;
+    if report.missed > 0 && figures.pause_ms > bound_ms {
+        violations.push(format!(
+            "{}: the guest was stopped {:.0} ms, longer than its {bound_ms} ms miss bound: a \
+             deadline armed across the pause came that late by the guest's TSC (which runs on \
+             while the VM is stopped) and counts as missed",
+            args.mode, figures.pause_ms
+        ));
+    }
     if run.pvm_native && report.native() == Some(false) {
         violations.push(format!(
             "{}: the guest switched to native execution but ran emulated after the restore",

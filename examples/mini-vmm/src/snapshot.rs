@@ -342,7 +342,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
 
     // 2. Save.
     let mut figures = Figures {
-        at_ms: start.elapsed().as_millis() as u64 - stop_us / 1000,
+        at_ms: (start.elapsed().as_millis() as u64).saturating_sub(stop_us / 1000),
         stop_us,
         ..Figures::default()
     };

@@ -10,9 +10,16 @@
 #[allow(dead_code)]
 mod common;
 
+use std::sync::Mutex;
+
 use serde_json::Value;
 
+static SERIAL: Mutex<()> = Mutex::new(());
+
 const REQUESTS: u64 = 200;
+/// Runs of one case before it fails for want of the situation it checks
+/// (see the retries below).
+const ATTEMPTS: u32 = 4;
 
 fn field(v: &Value, name: &str) -> u64 {
     v[name]
@@ -21,10 +28,17 @@ fn field(v: &Value, name: &str) -> u64 {
 }
 
 /// One snapshot run of `mode`, paused once every vCPU started request
-/// `at_request`; returns the mode's report and the snapshot's figures, or
-/// None (after a visible `SKIPPED:`) when `execution` is `emulated` and
-/// this is not a PVM host, the only kind that can be told to emulate.
-fn snapshot(mode: &str, at_request: u64, execution: &str) -> Option<(Value, Value)> {
+/// `at_request`; returns the mode's report and the snapshot's figures;
+/// `Some(None)` when a vCPU finished before the other reached the pause (a
+/// starved vCPU thread on a loaded host: run again); None (after a visible
+/// `SKIPPED:`) when `execution` is `emulated` and this is not a PVM host,
+/// the only kind that can be told to emulate.
+fn snapshot(mode: &str, at_request: u64, execution: &str) -> Option<Option<(Value, Value)>> {
+    // One VM at a time: the guest TSC runs on while the VM is stopped, so
+    // a pause stretched past the guest's 200 ms miss bound by this
+    // binary's other VMs competing for the host's cores would count as a
+    // missed interrupt.
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mini-vmm"))
         .args(["snapshot", "--json", "--mode", mode, "--vcpus", "2"])
         .args(["--requests", &REQUESTS.to_string(), "--seed", "11"])
@@ -34,6 +48,12 @@ fn snapshot(mode: &str, at_request: u64, execution: &str) -> Option<(Value, Valu
         .expect("spawning mini-vmm");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("finished its workload before the pause") {
+        // A vCPU thread starved on a loaded host: the other finished before
+        // this one reached the pause request. Not about the restore.
+        eprintln!("{mode}: no pause (a vCPU finished first): {stderr}");
+        return Some(None);
+    }
     if !out.status.success() && stderr.contains("needs a PVM host") {
         let msg = "SKIPPED: this /dev/kvm is not a PVM host (kvm_pvm), so the guest cannot be \
                    told to run emulated; the emulated snapshot test did not run";
@@ -50,7 +70,7 @@ fn snapshot(mode: &str, at_request: u64, execution: &str) -> Option<(Value, Valu
         out.status
     );
     let json: Value = serde_json::from_str(&stdout).expect("JSON output");
-    Some((json["modes"][0].clone(), json["snapshot"].clone()))
+    Some(Some((json["modes"][0].clone(), json["snapshot"].clone())))
 }
 
 /// Runs `mode` until the save found a deadline armed in the VMM (the pause
@@ -58,10 +78,11 @@ fn snapshot(mode: &str, at_request: u64, execution: &str) -> Option<(Value, Valu
 /// to carry, which is not a failure but proves less), at most 3 times, and
 /// checks every run.
 fn check(mode: &str, at_request: u64, execution: &str) {
-    for attempt in 1..=3 {
-        let Some((m, s)) = snapshot(mode, at_request, execution) else {
+    for attempt in 1..=ATTEMPTS {
+        let Some(run) = snapshot(mode, at_request, execution) else {
             return;
         };
+        let Some((m, s)) = run else { continue };
         for v in ["missed", "early", "spurious"] {
             assert_eq!(field(&m, v), 0, "{mode}: {v}");
         }
@@ -90,7 +111,7 @@ fn check(mode: &str, at_request: u64, execution: &str) {
         }
         eprintln!("{mode}: attempt {attempt}: no deadline armed in the VMM at the save: {s}");
     }
-    panic!("{mode}: no deadline was armed in the VMM at the save in 3 runs");
+    panic!("{mode}: no deadline was armed in the VMM at the save in {ATTEMPTS} runs");
 }
 
 #[test]
@@ -106,8 +127,9 @@ fn optin_snapshot_after_the_registration_restores_mid_workload() {
     if !common::kvm_usable("the mini-vmm snapshot test (optin)") {
         return;
     }
-    // Optin's guest registers at request REQUESTS / 3: pause after it.
-    check("optin", REQUESTS / 2, "auto");
+    // Optin's guest registers at request REQUESTS / 3: pause after it
+    // (once every vCPU started request 80).
+    check("optin", 80, "auto");
 }
 
 #[test]
@@ -120,8 +142,9 @@ fn optin_snapshot_before_the_registration_restores_kvms_deadline() {
     // deadline; the guest registers in the restored VM.
     // A vCPU far ahead of the other may have registered already (then
     // both timers are the VMM's): not this test's case, run again.
-    for attempt in 1..=3 {
-        let (m, s) = snapshot("optin", REQUESTS / 6, "auto").expect("native or hardware run");
+    for attempt in 1..=ATTEMPTS {
+        let run = snapshot("optin", REQUESTS / 10, "auto").expect("native or hardware run");
+        let Some((m, s)) = run else { continue };
         for v in ["missed", "early", "spurious"] {
             assert_eq!(field(&m, v), 0, "optin: {v}");
         }
@@ -134,7 +157,7 @@ fn optin_snapshot_before_the_registration_restores_kvms_deadline() {
         assert_eq!(field(&m, "takeovers"), 2, "{m}");
         return;
     }
-    panic!("optin: a vCPU had registered at the save in 3 runs");
+    panic!("optin: a vCPU had registered at the save in {ATTEMPTS} runs");
 }
 
 #[test]

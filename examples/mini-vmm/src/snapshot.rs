@@ -10,7 +10,11 @@
 //!    a thread about to enter `KVM_RUN` leaves it at once). Each thread
 //!    calls `VcpuTimer::service()` (a host timer expiry handed to it is
 //!    injected into the in-kernel LAPIC, take-over / hand-back done), sees
-//!    the flag and stops, handing back its vCPU and its counts; the
+//!    the flag, completes the exit it last handled (`KVM_RUN` with
+//!    `immediate_exit` set: KVM skips the `wrmsr` / `out` and returns
+//!    `EINTR` without running the guest; saved before that, the restored
+//!    vCPU would execute the instruction again), calls `service()` again
+//!    and stops, handing back its vCPU and its counts; the
 //!    orchestrator waits for all of them (the barrier), then stops the
 //!    timer thread (a later expiry stays in the timer's saved deadline).
 //! 3. **Save**, every vCPU out of `KVM_RUN`: a copy of guest memory, each
@@ -38,7 +42,21 @@
 //! For a vCPU whose timer the VMM owns, KVM's saved 0x6e0 reads 0 (the
 //! deadline is in the timer's state); for one KVM owns (optin before its
 //! registration, stock, kernel mode) KVM's 0x6e0 carries the deadline and
-//! is written back after the LAPIC.
+//! is written back after the LAPIC (written before it, it is lost:
+//! measured, one missed interrupt in kernel and optin mode).
+//!
+//! On a PVM host the guest switched itself to native execution with the
+//! VIF page MSR 0x4b564d10, which `KVM_GET_MSR_INDEX_LIST` does not list:
+//! `vmstate` saves it anyway and writes it back with the other MSRs, and
+//! the restored guest runs natively again (measured: KVM's
+//! `insn_emulation` equals the guest's trapping instructions). Without it
+//! the restored vCPU runs in KVM's emulator while the guest keeps its
+//! interrupt flag in the VIF page (measured: spurious and extra timer
+//! interrupts); a refused write is an error.
+//!
+//! The guest TSC runs on while the VM is stopped (it equals the host's): a
+//! deadline armed across the pause fires up to the pause late, and a pause
+//! longer than the guest's 200 ms miss bound makes it count as missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

@@ -29,7 +29,9 @@ use crate::layout::MSR_PVM_VIF_PAGE;
 const TSC_MSRS: [u32; 2] = [0x10, 0x3b];
 /// Bit a host-initiated write of the PVM VIF page MSR must carry (measured
 /// on this project's PVM hosts: a bare guest-physical address is refused
-/// from userspace).
+/// from userspace). `KVM_GET_MSRS` already returns the MSR with it (e.g.
+/// `0x30400` for a VIF page at `0x30000`, `0x400` before the switch), so
+/// this only makes sure.
 const PVM_VIF_HOST_WRITE: u64 = 0x400;
 
 /// KVM's state of one vCPU.

@@ -304,7 +304,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
     };
     let timer_thread = TimerThread::spawn(timers.clone(), watchdog(&vm, &mem))?;
 
-    // 1. Run, then pause.
+    // 1.-2. Run, then pause.
     let cpu_start = vm::process_cpu_time();
     let start = Instant::now();
     let pause = Arc::new(AtomicBool::new(false));
@@ -358,7 +358,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
     let stop_us = pause_start.elapsed().as_micros() as u64;
     timer_thread.stop()?;
 
-    // 2. Save.
+    // 3. Save.
     let mut figures = Figures {
         at_ms: (start.elapsed().as_millis() as u64).saturating_sub(stop_us / 1000),
         stop_us,
@@ -398,14 +398,14 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
         figures.requests_before.push(requests_started(&mem, cpu)?);
     }
 
-    // 3. Tear down: the timers (and their timerfds), the routing, the VM.
+    // 4. Tear down: the timers (and their timerfds), the routing, the VM.
     drop(timers);
     drop(kickers);
     drop(routing);
     drop(vm);
     drop(mem);
 
-    // 4. Restore into a fresh VM.
+    // 5. Restore into a fresh VM.
     let (vm, mem) = vm::new_vm(&kvm, mem_size)?;
     copy_in(&mem, &image)?;
     drop(image);
@@ -478,7 +478,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
     figures.pause_ms = pause_start.elapsed().as_secs_f64() * 1e3;
     let rx = spawn_vcpus(mode, carried, &timers, &kickers, None)?;
 
-    // 5. Run to DONE.
+    // 6. Run to DONE.
     let mut outcomes: Vec<Option<VcpuOutcome>> = (0..w.vcpus).map(|_| None).collect();
     let mut last_done = start;
     for (i, r, at) in collect(mode, &rx, w.vcpus)? {

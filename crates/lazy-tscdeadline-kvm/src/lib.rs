@@ -91,15 +91,21 @@
 //! a VMM that writes a saved 0x6e0 of 0 back as "now" (Firecracker does,
 //! at save time) fires a spurious interrupt, so skip that fix-up for VMM-owned
 //! timers. The order, with every vCPU out of `KVM_RUN`:
-//! 1. Save: call [`VcpuTimer::service`] on each vCPU thread (nothing left
-//!    pending), then [`VcpuTimer::save`] per vCPU and
-//!    [`MsrRouting::state`], next to KVM's state.
+//! 1. Save: on each vCPU thread complete the last exit (enter `KVM_RUN`
+//!    once with `immediate_exit` set: KVM finishes a pending MSR exit,
+//!    skipping the `wrmsr`, and returns `EINTR`; saved before that, the
+//!    restored vCPU executes the `wrmsr` again) and call
+//!    [`VcpuTimer::service`] (nothing left pending), then
+//!    [`VcpuTimer::save`] per vCPU and [`MsrRouting::state`], next to
+//!    KVM's state.
 //! 2. Restore into a fresh VM: guest memory; then each vCPU's guest TSC
-//!    (offset); then KVM's vCPU state (registers, LAPIC, MSRs); then
-//!    [`MsrRouting::new`] and [`MsrRouting::restore`]; then
+//!    (offset); then KVM's vCPU state (registers, LAPIC, then MSRs: a
+//!    KVM-owned `IA32_TSC_DEADLINE` written before the LAPIC is lost);
+//!    then [`MsrRouting::new`] and [`MsrRouting::restore`]; then
 //!    [`VcpuTimer::restore`] (paused); last [`VcpuTimer::resume`], before
 //!    the vCPUs run. A deadline that passed while the VM was stopped then
-//!    fires at once.
+//!    fires at once. The mini-VMM's `snapshot` command does all of this
+//!    (`examples/mini-vmm/src/snapshot.rs`).
 //!
 //! # INIT and kexec
 //! With an in-kernel LAPIC an INIT of an application processor never

@@ -239,4 +239,7 @@ pub struct Results {
     /// guest itself: the VMM compares KVM's `insn_emulation` with it to tell
     /// native from emulated execution.
     pub trapping_insns: u64,
+    /// Requests of the workload started so far, written at the start of
+    /// each (the VMM's `snapshot` reads it at the pause).
+    pub requests_started: u64,
 }

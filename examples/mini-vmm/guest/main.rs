@@ -231,6 +231,7 @@ fn requests(w: &mut Workload<'_>, p: &Params) -> Counts {
         missed: 0,
     };
     for request in 0..p.requests {
+        report!(w.cpu, requests_started, request + 1);
         state.fired.store(false, Relaxed);
         w.set(rdtsc() + timeout);
         if request == p.register_after {

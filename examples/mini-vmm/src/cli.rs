@@ -2,10 +2,12 @@
 //! the [`Workload`] the VM runs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::mode::Mode;
+use crate::snapshot::PauseAt;
 use crate::sweep::{DEFAULT_DEPTHS, DEFAULT_TIMEOUTS_US};
 use crate::vm::{Execution, Program, Workload};
 
@@ -31,6 +33,9 @@ pub enum Command {
     Run(RunArgs),
     /// Every mode on the same workload, side by side.
     Compare(RunArgs),
+    /// One mode, paused mid-workload, saved, torn down, restored into a
+    /// fresh VM and run to the end.
+    Snapshot(SnapshotArgs),
     /// A lazy-mode VM where vCPU 0 attacks the protocol next to honest vCPUs.
     Hostile(HostileArgs),
     /// A masked LVT timer in TSC-deadline mode, in every mode, against the SDM.
@@ -100,6 +105,30 @@ impl RunArgs {
             cancel_one_in: self.cancel_one_in,
             execution: self.common.execution,
             program: Program::Requests,
+        }
+    }
+}
+
+/// `snapshot`.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct SnapshotArgs {
+    /// Pause this many milliseconds after the vCPUs started (default 200).
+    #[arg(long, conflicts_with = "at_request")]
+    pub at_ms: Option<u64>,
+    /// Pause once every vCPU has started request N (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub at_request: Option<u64>,
+    /// The run's options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl SnapshotArgs {
+    /// When to pause.
+    pub fn pause_at(&self) -> PauseAt {
+        match (self.at_request, self.at_ms) {
+            (Some(n), _) => PauseAt::Request(n),
+            (None, ms) => PauseAt::Time(Duration::from_millis(ms.unwrap_or(200))),
         }
     }
 }

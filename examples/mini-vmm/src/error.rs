@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lazy_tscdeadline_kvm::{ExitError, SetupError};
+use lazy_tscdeadline_kvm::{ExitError, RestoreError, SetupError};
 
 use crate::mode::Mode;
 
@@ -36,6 +36,9 @@ pub enum Error {
     /// `lazy-tscdeadline-kvm` cannot be set up on this KVM.
     #[error("lazy TSC deadline set-up: {0}")]
     Setup(#[from] SetupError),
+    /// A vCPU's timer could not be restored from its saved state.
+    #[error("lazy TSC deadline restore: {0}")]
+    Restore(#[from] RestoreError),
     /// Handling an exit or an expiry failed in `lazy-tscdeadline-kvm`.
     #[error("vCPU {vcpu}: {source}")]
     Exit {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -127,7 +128,7 @@ pub fn configure(vcpu: &VcpuFd, index: u32, cpuid: &CpuId, gdt_limit: u16) -> Re
 
 /// Makes the guest TSC equal to the host TSC (offset 0, no scaling), so the
 /// host reads guest time with `rdtsc`, and checks it took effect.
-fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), Error> {
+pub fn set_tsc_offset_zero(vcpu: &VcpuFd) -> Result<(), Error> {
     let offset: u64 = 0;
     let attr = kvm_device_attr {
         group: KVM_VCPU_TSC_CTRL,
@@ -250,8 +251,12 @@ struct VcpuThread {
     index: u32,
     mode: Mode,
     timer: Option<Arc<Timer>>,
+    pause: Option<Arc<AtomicBool>>,
     stats: Option<VcpuStats>,
     snapshot: Option<BTreeMap<String, u64>>,
+    /// KVM's statistics of the vCPU this one was restored from, READY to
+    /// the pause.
+    carried_stats: Option<BTreeMap<String, u64>>,
     exits: ExitCounts,
     boot_probe: u64,
     ready: bool,
@@ -263,31 +268,115 @@ struct VcpuThread {
 /// (its [`SignalKicker`], whose handler is installed) is attached to this
 /// thread while it runs the vCPU.
 pub fn run(
-    mut vcpu: VcpuFd,
+    vcpu: VcpuFd,
     index: u32,
     mode: Mode,
     timer: Option<(Arc<Timer>, Arc<SignalKicker>)>,
 ) -> Result<VcpuOutcome, Error> {
     let (timer, kicker) = timer.unzip();
-    if let Some(k) = &kicker {
-        k.attach(vcpu.get_kvm_run());
-    }
-    let mut thread = VcpuThread {
+    let run = VcpuRun {
         index,
         mode,
         timer,
-        stats: VcpuStats::open(&vcpu).ok(),
-        snapshot: None,
-        exits: ExitCounts::default(),
-        boot_probe: 0,
-        ready: false,
-        registered: false,
+        kicker,
+        pause: None,
+    };
+    match run_pausable(vcpu, run, Carried::default())? {
+        Ended::Done(outcome) => Ok(*outcome),
+        Ended::Paused(_) => Err(Error::Vcpu {
+            vcpu: index,
+            what: "paused without a pause request".into(),
+        }),
+    }
+}
+
+/// What a vCPU thread runs with.
+pub struct VcpuRun {
+    /// vCPU index.
+    pub index: u32,
+    /// The mode.
+    pub mode: Mode,
+    /// The vCPU's timer (modes with a routing).
+    pub timer: Option<Arc<Timer>>,
+    /// Its kicker, attached to the thread while it runs the vCPU (the
+    /// timer's own where there is a timer).
+    pub kicker: Option<Arc<SignalKicker>>,
+    /// Set (then the kicker kicked) to make the thread stop: it calls
+    /// `VcpuTimer::service` once more and returns [`Ended::Paused`].
+    pub pause: Option<Arc<AtomicBool>>,
+}
+
+/// What a vCPU thread counted so far, carried across a snapshot into the
+/// thread that runs the restored vCPU.
+#[derive(Debug, Default)]
+pub struct Carried {
+    exits: ExitCounts,
+    boot_probe: u64,
+    ready: bool,
+    registered: bool,
+    /// KVM's statistics from READY to the pause (None: not READY yet, or
+    /// no statistics).
+    kvm_stats: Option<BTreeMap<String, u64>>,
+}
+
+/// How a vCPU thread ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The guest reported DONE.
+    Done(Box<VcpuOutcome>),
+    /// It paused on request: the vCPU (out of `KVM_RUN`, its timer
+    /// serviced) and what the thread counted.
+    Paused(Box<(VcpuFd, Carried)>),
+}
+
+/// Runs a vCPU until the guest reports done or, with `run.pause`, until the
+/// pause is requested; `carried` continues the counts of a thread that ran
+/// the vCPU before a snapshot (default for a fresh vCPU).
+pub fn run_pausable(mut vcpu: VcpuFd, run: VcpuRun, carried: Carried) -> Result<Ended, Error> {
+    if let Some(k) = &run.kicker {
+        k.attach(vcpu.get_kvm_run());
+    }
+    let stats = VcpuStats::open(&vcpu).ok();
+    // A vCPU restored after READY counts KVM's statistics from now on (its
+    // counters are the fresh vCPU's), on top of the carried ones.
+    let snapshot = if carried.ready {
+        stats.as_ref().and_then(|s| s.read().ok())
+    } else {
+        None
+    };
+    let mut thread = VcpuThread {
+        index: run.index,
+        mode: run.mode,
+        timer: run.timer,
+        pause: run.pause,
+        stats,
+        snapshot,
+        carried_stats: carried.kvm_stats,
+        exits: carried.exits,
+        boot_probe: carried.boot_probe,
+        ready: carried.ready,
+        registered: carried.registered,
     };
     let outcome = thread.run_loop(&mut vcpu);
-    if let Some(k) = &kicker {
+    if let Some(k) = &run.kicker {
         k.detach();
     }
-    outcome
+    match outcome? {
+        Some(done) => Ok(Ended::Done(Box::new(done))),
+        None => {
+            let kvm_stats = thread.kvm_stats_since_ready();
+            Ok(Ended::Paused(Box::new((
+                vcpu,
+                Carried {
+                    exits: thread.exits,
+                    boot_probe: thread.boot_probe,
+                    ready: thread.ready,
+                    registered: thread.registered,
+                    kvm_stats,
+                },
+            ))))
+        }
+    }
 }
 
 impl VcpuThread {
@@ -303,16 +392,50 @@ impl VcpuThread {
         move |source| Error::Exit { vcpu, source }
     }
 
-    fn run_loop(&mut self, vcpu: &mut VcpuFd) -> Result<VcpuOutcome, Error> {
+    /// Runs until DONE (`Some`) or a pause request (`None`, after the
+    /// timer was serviced).
+    fn run_loop(&mut self, vcpu: &mut VcpuFd) -> Result<Option<VcpuOutcome>, Error> {
         loop {
             self.service()?;
+            if self
+                .pause
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::SeqCst))
+            {
+                self.complete_exit(vcpu)?;
+                self.service()?;
+                return Ok(None);
+            }
             let step = self.handle_exit(vcpu.run())?;
             match step {
                 Step::Run => {}
                 Step::Interrupted => vcpu.set_kvm_immediate_exit(0),
                 Step::InternalError => return Err(self.fail(internal_error(vcpu))),
-                Step::Done(outcome) => return Ok(*outcome),
+                Step::Done(outcome) => return Ok(Some(*outcome)),
             }
+        }
+    }
+
+    /// Before a save: completes the exit last handled. KVM finishes an MSR
+    /// or I/O exit (skips the `wrmsr` or `out`, or injects the #GP) only
+    /// when `KVM_RUN` is entered again, and that pending completion is not
+    /// part of the state userspace can save: a vCPU saved in between
+    /// executes the instruction again after the restore (measured: an
+    /// extra 0x6e0 exit after a restore). With `immediate_exit` set,
+    /// `KVM_RUN` completes it and returns `EINTR` without running the guest
+    /// (the KVM API documentation's way to complete pending operations).
+    fn complete_exit(&mut self, vcpu: &mut VcpuFd) -> Result<(), Error> {
+        vcpu.set_kvm_immediate_exit(1);
+        let r = vcpu.run().map(|_| ()).map_err(|e| e.errno());
+        vcpu.set_kvm_immediate_exit(0);
+        match r {
+            Err(libc::EINTR) => Ok(()),
+            Err(errno) => Err(self.fail(format!(
+                "KVM_RUN with immediate_exit (completing the last exit before the pause): errno {errno}"
+            ))),
+            Ok(()) => Err(self.fail(
+                "KVM_RUN with immediate_exit returned an exit instead of EINTR before the pause",
+            )),
         }
     }
 
@@ -434,20 +557,31 @@ impl VcpuThread {
         Ok(())
     }
 
+    /// KVM's statistics since READY (plus those carried from before a
+    /// snapshot).
+    fn kvm_stats_since_ready(&mut self) -> Option<BTreeMap<String, u64>> {
+        let end = self.stats.as_ref().and_then(|s| s.read().ok());
+        let mut delta: BTreeMap<String, u64> = match (self.snapshot.take(), end) {
+            (Some(a), Some(b)) => b
+                .into_iter()
+                .map(|(k, v)| {
+                    let d = v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
+                    (k, d)
+                })
+                .collect(),
+            _ => return self.carried_stats.take(),
+        };
+        if let Some(carried) = self.carried_stats.take() {
+            for (k, v) in carried {
+                *delta.entry(k).or_default() += v;
+            }
+        }
+        Some(delta)
+    }
+
     /// DONE: KVM's statistics since READY, and the timer's counters.
     fn on_done(&mut self) -> VcpuOutcome {
-        let end = self.stats.as_ref().and_then(|s| s.read().ok());
-        let kvm_stats = match (self.snapshot.take(), end) {
-            (Some(a), Some(b)) => Some(
-                b.into_iter()
-                    .map(|(k, v)| {
-                        let d = v.wrapping_sub(a.get(&k).copied().unwrap_or(0));
-                        (k, d)
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        };
+        let kvm_stats = self.kvm_stats_since_ready();
         VcpuOutcome {
             index: self.index,
             exits: self.exits,

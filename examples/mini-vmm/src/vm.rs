@@ -57,7 +57,7 @@ impl Execution {
 /// Whether this `/dev/kvm` is a PVM host (the `kvm_pvm` module): its
 /// signature MSR reads "PVM" through `KVM_GET_MSRS`. Anything else (the
 /// MSR unknown, another value) means no.
-fn is_pvm_host(vcpu: &VcpuFd) -> bool {
+pub(crate) fn is_pvm_host(vcpu: &VcpuFd) -> bool {
     let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_PVM_SIGNATURE,
         ..Default::default()
@@ -128,9 +128,9 @@ pub struct ModeRun {
 }
 
 /// A guest that runs longer than this is considered hung.
-const RUN_LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// Waits longer than this past their deadline count as missed.
-const MISS_BOUND_MS: u64 = 200;
+pub(crate) const MISS_BOUND_MS: u64 = 200;
 
 fn check_caps(kvm: &Kvm, spec: &ModeSpec) -> Result<(), Error> {
     let needed = [
@@ -158,7 +158,11 @@ fn check_caps(kvm: &Kvm, spec: &ModeSpec) -> Result<(), Error> {
 
 /// The CPUID of vCPU `index`: KVM's supported set plus TSC-deadline and
 /// x2APIC, the KVM signature leaf, and the lazy bit as the mode says.
-fn cpuid_for(kvm: &Kvm, spec: &ModeSpec, index: u32) -> Result<kvm_bindings::CpuId, Error> {
+pub(crate) fn cpuid_for(
+    kvm: &Kvm,
+    spec: &ModeSpec,
+    index: u32,
+) -> Result<kvm_bindings::CpuId, Error> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -192,7 +196,11 @@ fn mem_err(e: impl std::fmt::Display) -> Error {
 /// Writes the image, identity page tables (first 1 GiB, 2 MiB pages), the
 /// GDT with one TSS per vCPU, the TSSs and the parameters. Returns the GDT
 /// limit.
-fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result<u16, Error> {
+pub(crate) fn write_boot_data(
+    mem: &GuestMemoryMmap,
+    params: &Params,
+    vcpus: u32,
+) -> Result<u16, Error> {
     if GUEST_IMAGE.len() as u64 > IMAGE_MAX {
         return Err(Error::Memory("guest image too large".into()));
     }
@@ -249,7 +257,7 @@ fn write_boot_data(mem: &GuestMemoryMmap, params: &Params, vcpus: u32) -> Result
     Ok((gdt.len() * 8 - 1) as u16)
 }
 
-fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, Error> {
+pub(crate) fn read_results(mem: &GuestMemoryMmap, cpu: u32) -> Result<Results, Error> {
     let mut r = Results::default();
     // SAFETY: `Results` is repr(C), all u64, no padding: any bytes are valid.
     let bytes = unsafe {
@@ -278,17 +286,31 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, Error> {
 
 /// The vCPU's timers of a mode with a routing: the signal kick, one
 /// `VcpuTimer` per vCPU over the VM-wide `MsrRouting`.
-type Timers = Vec<(Arc<Timer>, Arc<SignalKicker>)>;
+/// The VM-wide MSR routing.
+pub(crate) type Routing = MsrRouting<Arc<kvm_ioctls::VmFd>>;
 
-fn timers_for(
+pub(crate) type Timers = Vec<(Arc<Timer>, Arc<SignalKicker>)>;
+
+pub(crate) fn timers_for(
     kvm: &Kvm,
     spec: &ModeSpec,
     vm: &Arc<kvm_ioctls::VmFd>,
     mem: &Arc<GuestMemoryMmap>,
     vcpus: &[VcpuFd],
 ) -> Result<Timers, Error> {
+    Ok(routing_and_timers(kvm, spec, vm, mem, vcpus)?.1)
+}
+
+/// The VM's routing (None without one) and [`timers_for`].
+pub(crate) fn routing_and_timers(
+    kvm: &Kvm,
+    spec: &ModeSpec,
+    vm: &Arc<kvm_ioctls::VmFd>,
+    mem: &Arc<GuestMemoryMmap>,
+    vcpus: &[VcpuFd],
+) -> Result<(Option<Arc<Routing>>, Timers), Error> {
     let Some(policy) = spec.routing else {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     };
     // Probes the kernel (once per process), enables MSR exits, installs
     // the filter for `policy`.
@@ -310,12 +332,12 @@ fn timers_for(
         let timer = VcpuTimer::new(vcpu, parts, routing.clone(), kicker.clone())?;
         timers.push((Arc::new(timer), kicker));
     }
-    Ok(timers)
+    Ok((Some(routing), timers))
 }
 
 /// The signal that kicks vCPU threads out of `KVM_RUN`, its handler
 /// installed once per process.
-fn kick_signal() -> Result<libc::c_int, Error> {
+pub(crate) fn kick_signal() -> Result<libc::c_int, Error> {
     static SIGNAL: OnceLock<libc::c_int> = OnceLock::new();
     if let Some(s) = SIGNAL.get() {
         return Ok(*s);
@@ -325,15 +347,8 @@ fn kick_signal() -> Result<libc::c_int, Error> {
     Ok(*SIGNAL.get_or_init(|| signal))
 }
 
-/// Like [`run`], with vCPUs `0..hostile_vcpus` running the hostile program
-/// (lazy mode only) instead of the workload.
-pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun, Error> {
-    let spec = mode.spec();
-    if hostile_vcpus > 0 && spec.registration != Registration::AtBoot {
-        return Err(Error::Usage(
-            "the hostile program runs in lazy mode only".into(),
-        ));
-    }
+/// Refuses workloads the guest's layout cannot hold.
+pub(crate) fn check_workload(w: &Workload) -> Result<(), Error> {
     if w.vcpus == 0 || w.vcpus as usize > MAX_CPUS {
         return Err(Error::Usage(format!("--vcpus must be 1..={MAX_CPUS}")));
     }
@@ -342,16 +357,26 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
             "--requests must be at most {SAMPLES_PER_CPU}"
         )));
     }
-    let kvm = open_kvm()?;
-    check_caps(&kvm, spec)?;
+    Ok(())
+}
+
+/// The guest memory size for `w`.
+pub(crate) fn mem_size(w: &Workload) -> u64 {
+    let needed = SAMPLES_GPA + u64::from(w.vcpus) * SAMPLES_PER_CPU * 8;
+    needed.max(64 << 20).next_multiple_of(2 << 20)
+}
+
+/// A fresh VM with its TSS address, the in-kernel irqchip and `mem_size`
+/// bytes of (zeroed) guest memory registered at guest-physical 0.
+pub(crate) fn new_vm(
+    kvm: &Kvm,
+    mem_size: u64,
+) -> Result<(Arc<kvm_ioctls::VmFd>, Arc<GuestMemoryMmap>), Error> {
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
     vm.set_tss_address(0xfffb_d000)
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-
-    let needed = SAMPLES_GPA + u64::from(w.vcpus) * SAMPLES_PER_CPU * 8;
-    let mem_size = needed.max(64 << 20).next_multiple_of(2 << 20);
     let mem = Arc::new(
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
             .map_err(Error::memory("allocating guest memory"))?,
@@ -374,6 +399,31 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         unsafe { vm.set_user_memory_region(r) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
+
+    Ok((vm, mem))
+}
+
+/// A VM booted up to its first `KVM_RUN`: memory written, vCPUs
+/// configured.
+pub(crate) struct Booted {
+    pub kvm: Kvm,
+    pub vm: Arc<kvm_ioctls::VmFd>,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub vcpus: Vec<VcpuFd>,
+    pub tsc_khz: u64,
+    /// Whether the guest is told to switch to native execution.
+    pub pvm_native: bool,
+    pub params: Params,
+}
+
+/// Creates and boots the VM of [`run_with`], up to its first `KVM_RUN`.
+pub(crate) fn boot(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<Booted, Error> {
+    let spec = mode.spec();
+    check_workload(w)?;
+    let kvm = open_kvm()?;
+    check_caps(&kvm, spec)?;
+    let mem_size = mem_size(w);
+    let (vm, mem) = new_vm(&kvm, mem_size)?;
 
     let mut vcpus = Vec::new();
     for i in 0..w.vcpus {
@@ -413,6 +463,35 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         vcpu::configure(v, i as u32, &cpuid_for(&kvm, spec, i as u32)?, gdt_limit)?;
     }
 
+    Ok(Booted {
+        kvm,
+        vm,
+        mem,
+        vcpus,
+        tsc_khz,
+        pvm_native,
+        params,
+    })
+}
+
+/// Like [`run`], with vCPUs `0..hostile_vcpus` running the hostile program
+/// (lazy mode only) instead of the workload.
+pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun, Error> {
+    let spec = mode.spec();
+    if hostile_vcpus > 0 && spec.registration != Registration::AtBoot {
+        return Err(Error::Usage(
+            "the hostile program runs in lazy mode only".into(),
+        ));
+    }
+    let Booted {
+        kvm,
+        vm,
+        mem,
+        vcpus,
+        tsc_khz,
+        pvm_native,
+        params,
+    } = boot(mode, w, hostile_vcpus)?;
     let timers = timers_for(&kvm, spec, &vm, &mem, &vcpus)?;
     let timer_thread = TimerThread::spawn(
         timers.iter().map(|(t, _)| t.clone()).collect(),
@@ -468,30 +547,9 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
     let wall = last_done - start;
     let vmm_cpu = process_cpu_time().saturating_sub(cpu_start);
 
-    let mut results = Vec::new();
-    let mut lateness_cycles = Vec::new();
-    let bad = |what: String| Error::Results { mode, what };
-    for cpu in 0..w.vcpus {
-        let r = read_results(&mem, cpu)?;
-        if r.done != 1 {
-            return Err(bad(format!("vCPU {cpu} signalled done without results")));
-        }
-        if r.native_switched != u64::from(pvm_native) {
-            return Err(bad(format!(
-                "vCPU {cpu} did not switch to native execution as told"
-            )));
-        }
-        let timer = timers.get(cpu as usize).map(|(t, _)| t);
-        check_registration(spec, cpu, &r, timer, cpu < hostile_vcpus)?;
-        let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
-        for s in 0..r.samples {
-            let v: u64 = mem
-                .read_obj(GuestAddress(base + s * 8))
-                .map_err(Error::memory("reading lateness samples"))?;
-            lateness_cycles.push(v);
-        }
-        results.push(r);
-    }
+    let timer_refs: Vec<&Arc<Timer>> = timers.iter().map(|(t, _)| t).collect();
+    let (results, lateness_cycles) =
+        collect_results(mode, &mem, &timer_refs, pvm_native, hostile_vcpus)?;
     let vcpu_counters: Vec<Counters> = timers.iter().map(|(t, _)| t.timer_counters()).collect();
     let host_counters = (!vcpu_counters.is_empty()).then(|| vcpu_counters.iter().copied().sum());
     Ok(ModeRun {
@@ -507,6 +565,53 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         wall,
         vmm_cpu,
     })
+}
+
+/// Reads and checks every vCPU's results after DONE: the registration
+/// against `timers` (by vCPU index; none without a routing), and the
+/// lateness samples.
+pub(crate) fn collect_results(
+    mode: Mode,
+    mem: &GuestMemoryMmap,
+    timers: &[&Arc<Timer>],
+    pvm_native: bool,
+    hostile_vcpus: u32,
+) -> Result<(Vec<Results>, Vec<u64>), Error> {
+    let spec = mode.spec();
+    let mut results = Vec::new();
+    let mut lateness_cycles = Vec::new();
+    let bad = |what: String| Error::Results { mode, what };
+    for cpu in 0..mem_vcpus(mem)? {
+        let r = read_results(mem, cpu)?;
+        if r.done != 1 {
+            return Err(bad(format!("vCPU {cpu} signalled done without results")));
+        }
+        if r.native_switched != u64::from(pvm_native) {
+            return Err(bad(format!(
+                "vCPU {cpu} did not switch to native execution as told"
+            )));
+        }
+        let timer = timers.get(cpu as usize).copied();
+        check_registration(spec, cpu, &r, timer, cpu < hostile_vcpus)?;
+        let base = SAMPLES_GPA + u64::from(cpu) * SAMPLES_PER_CPU * 8;
+        for s in 0..r.samples {
+            let v: u64 = mem
+                .read_obj(GuestAddress(base + s * 8))
+                .map_err(Error::memory("reading lateness samples"))?;
+            lateness_cycles.push(v);
+        }
+        results.push(r);
+    }
+    Ok((results, lateness_cycles))
+}
+
+/// The number of vCPUs, from the parameters in guest memory.
+fn mem_vcpus(mem: &GuestMemoryMmap) -> Result<u32, Error> {
+    let offset = std::mem::offset_of!(Params, vcpus) as u64;
+    let n: u64 = mem
+        .read_obj(GuestAddress(PARAMS_GPA + offset))
+        .map_err(Error::memory("reading the parameters"))?;
+    Ok(n as u32)
 }
 
 /// Checks what the guest says it registered against what the host timer
@@ -553,7 +658,7 @@ fn check_registration(
 }
 
 /// User + system CPU time of the whole VMM process so far.
-fn process_cpu_time() -> Duration {
+pub(crate) fn process_cpu_time() -> Duration {
     // SAFETY: `getrusage` only writes the zero-initialised struct it is given.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use lazy_tscdeadline_kvm::lazy_tscdeadline_host::GracePolicy;
 
 use crate::mode::Mode;
 use crate::snapshot::PauseAt;
@@ -83,6 +84,11 @@ pub struct RunArgs {
     /// One request in this many is cancelled (0: none).
     #[arg(long, default_value_t = 8)]
     pub cancel_one_in: u64,
+    /// The grace policy of the modes whose host has one (lazy, stock,
+    /// optin): `off`, `adaptive` (the default policy), or a fixed length in
+    /// guest TSC cycles.
+    #[arg(long, value_parser = parse_grace)]
+    pub grace: Option<GracePolicy>,
     /// Rounds of every mode (compare): each mode's figures are its median
     /// run by guest cycles per write.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
@@ -105,6 +111,7 @@ impl RunArgs {
             cancel_one_in: self.cancel_one_in,
             execution: self.common.execution,
             program: Program::Requests,
+            grace: self.grace,
         }
     }
 }
@@ -191,6 +198,17 @@ pub struct SweepCli {
     /// How the guest runs.
     #[arg(long, value_enum, default_value_t = Execution::Auto)]
     pub execution: Execution,
+}
+
+fn parse_grace(s: &str) -> Result<GracePolicy, String> {
+    match s {
+        "off" => Ok(GracePolicy::Off),
+        "adaptive" => Ok(GracePolicy::DEFAULT),
+        n => n
+            .parse()
+            .map(GracePolicy::Fixed)
+            .map_err(|_| format!("{n}: not off, adaptive or a number of cycles")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {

@@ -142,6 +142,7 @@ pub fn main(args: HostileArgs) -> ExitCode {
         cancel_one_in: 8,
         execution: args.common.execution,
         program: Program::Requests,
+        grace: None,
     };
     let json_out = args.common.json;
 

@@ -94,6 +94,7 @@ pub fn main(args: LvtMaskArgs) -> ExitCode {
         cancel_one_in: 1,
         execution: args.common.execution,
         program: Program::LvtMask,
+        grace: None,
     };
     let json_out = args.common.json;
 

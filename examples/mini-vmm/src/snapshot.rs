@@ -289,7 +289,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
     } = vm::boot(mode, w, 0)?;
     let pvm = vm::is_pvm_host(&vcpus[0]);
     let signal = vm::kick_signal()?;
-    let (routing, timers) = vm::routing_and_timers(&kvm, spec, &vm, &mem, &vcpus)?;
+    let (routing, timers) = vm::routing_and_timers(&kvm, spec, w, &vm, &mem, &vcpus)?;
     let (timers, mut kickers): (Vec<Arc<Timer>>, Vec<Arc<SignalKicker>>) =
         timers.into_iter().unzip();
     // Kernel mode has no timers: its vCPU threads get a kicker for the pause.
@@ -455,7 +455,7 @@ pub fn snapshot(mode: Mode, w: &Workload, at: PauseAt) -> Result<(ModeRun, Figur
                 mem: mem.clone(),
                 vm: vm.clone(),
                 clock: GuestTsc::from_vcpu(vcpu)?,
-                config: spec.host.with_lazy_advertised(spec.advertised),
+                config: vm::host_config(spec, w),
             };
             let timer = VcpuTimer::restore(vcpu, parts, routing.clone(), kicker.clone(), state)?;
             timers.push(Arc::new(timer));

@@ -259,6 +259,7 @@ impl SweepArgs {
                 cancel_one_in: 8,
                 execution: c.execution,
                 program: Program::Requests,
+                grace: None,
             },
         }
     }

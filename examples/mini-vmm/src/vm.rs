@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use lazy_tscdeadline_abi::MSR_KVM_LAZY_TSCDEADLINE;
-use lazy_tscdeadline_host::Counters;
+use lazy_tscdeadline_host::{Config, Counters, GracePolicy};
 use lazy_tscdeadline_kvm::{setup, GuestTsc, MsrRouting, SignalKicker, VcpuTimer, VcpuTimerParts};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -97,6 +97,19 @@ pub struct Workload {
     pub execution: Execution,
     /// What the vCPUs run.
     pub program: Program,
+    /// The grace policy of the modes whose host uses one (`lazy`, `optin`,
+    /// ...), instead of the mode's own (`None`: the mode's).
+    pub grace: Option<GracePolicy>,
+}
+
+/// The host timer's configuration of a mode for a workload: the mode's
+/// policies, with the workload's grace policy where the mode has one.
+pub fn host_config(spec: &ModeSpec, w: &Workload) -> Config {
+    let config = spec.host.with_lazy_advertised(spec.advertised);
+    match w.grace {
+        Some(g) if config.grace.is_on() => config.with_grace(g),
+        _ => config,
+    }
 }
 
 /// Everything measured in one mode.
@@ -294,17 +307,19 @@ pub(crate) type Timers = Vec<(Arc<Timer>, Arc<SignalKicker>)>;
 pub(crate) fn timers_for(
     kvm: &Kvm,
     spec: &ModeSpec,
+    w: &Workload,
     vm: &Arc<kvm_ioctls::VmFd>,
     mem: &Arc<GuestMemoryMmap>,
     vcpus: &[VcpuFd],
 ) -> Result<Timers, Error> {
-    Ok(routing_and_timers(kvm, spec, vm, mem, vcpus)?.1)
+    Ok(routing_and_timers(kvm, spec, w, vm, mem, vcpus)?.1)
 }
 
 /// The VM's routing (None without one) and [`timers_for`].
 pub(crate) fn routing_and_timers(
     kvm: &Kvm,
     spec: &ModeSpec,
+    w: &Workload,
     vm: &Arc<kvm_ioctls::VmFd>,
     mem: &Arc<GuestMemoryMmap>,
     vcpus: &[VcpuFd],
@@ -327,7 +342,7 @@ pub(crate) fn routing_and_timers(
             vm: vm.clone(),
             // After `vcpu::configure` set the TSC offset.
             clock: GuestTsc::from_vcpu(vcpu)?,
-            config: spec.host.with_lazy_advertised(spec.advertised),
+            config: host_config(spec, w),
         };
         let timer = VcpuTimer::new(vcpu, parts, routing.clone(), kicker.clone())?;
         timers.push((Arc::new(timer), kicker));
@@ -492,7 +507,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         pvm_native,
         params,
     } = boot(mode, w, hostile_vcpus)?;
-    let timers = timers_for(&kvm, spec, &vm, &mem, &vcpus)?;
+    let timers = timers_for(&kvm, spec, w, &vm, &mem, &vcpus)?;
     let timer_thread = TimerThread::spawn(
         timers.iter().map(|(t, _)| t.clone()).collect(),
         Watchdog {

@@ -3,48 +3,19 @@
 //! and its negotiation, the adaptive grace length, and their snapshot.
 //! Expected values are written out from `docs/PROTOCOL.md` section 9.
 
-use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
+mod common;
+
 use std::rc::Rc;
 
 use lazy_tscdeadline_abi::{
     LAZY_FLAG_EXITLESS_CANCEL, MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE,
 };
 use lazy_tscdeadline_host::{
-    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer, StateError,
-    TimerState, TscDeadlineTimer,
+    Config, GracePolicy, KickOutcome, LvtTimer, StateError, TimerState, TscDeadlineTimer,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-#[derive(Clone, Default)]
-struct Clock(Rc<Cell<u64>>);
-impl GuestClock for Clock {
-    fn now(&self) -> u64 {
-        self.0.get()
-    }
-}
-#[derive(Clone, Default)]
-struct Timer(Rc<Cell<Option<u64>>>);
-impl HostTimer for Timer {
-    type Error = Infallible;
-    fn arm(&mut self, d: u64) -> Result<(), Infallible> {
-        self.0.set(Some(d));
-        Ok(())
-    }
-    fn disarm(&mut self) -> Result<(), Infallible> {
-        self.0.set(None);
-        Ok(())
-    }
-}
-#[derive(Clone, Default)]
-struct Irq(Rc<RefCell<Vec<u64>>>, Clock);
-impl InterruptSink for Irq {
-    type Error = Infallible;
-    fn inject(&mut self, _: u8) -> Result<(), Infallible> {
-        self.0.borrow_mut().push(self.1.now());
-        Ok(())
-    }
-}
+use common::{Clock, Irq, Timer};
 
 const GPA: u64 = 0x1000;
 const G: u64 = 100;

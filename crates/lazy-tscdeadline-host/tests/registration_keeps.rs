@@ -4,47 +4,15 @@
 //! deadline from elsewhere, `adopt_deadline`. Expected values are written
 //! out from the protocol text, not computed with the crate.
 
-use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
+mod common;
+
 use std::rc::Rc;
 
 use lazy_tscdeadline_abi::{MSR_IA32_TSC_DEADLINE, MSR_KVM_LAZY_TSCDEADLINE};
-use lazy_tscdeadline_host::{
-    Config, GracePolicy, GuestClock, HostTimer, InterruptSink, KickOutcome, LvtTimer,
-    TscDeadlineTimer,
-};
+use lazy_tscdeadline_host::{Config, GracePolicy, KickOutcome, LvtTimer, TscDeadlineTimer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-#[derive(Clone, Default)]
-struct Clock(Rc<Cell<u64>>);
-impl GuestClock for Clock {
-    fn now(&self) -> u64 {
-        self.0.get()
-    }
-}
-#[derive(Clone, Default)]
-struct Timer(Rc<Cell<Option<u64>>>);
-impl HostTimer for Timer {
-    type Error = Infallible;
-    fn arm(&mut self, d: u64) -> Result<(), Infallible> {
-        self.0.set(Some(d));
-        Ok(())
-    }
-    fn disarm(&mut self) -> Result<(), Infallible> {
-        self.0.set(None);
-        Ok(())
-    }
-}
-/// Records the guest TSC of every injection.
-#[derive(Clone, Default)]
-struct Irq(Rc<RefCell<Vec<u64>>>, Clock);
-impl InterruptSink for Irq {
-    type Error = Infallible;
-    fn inject(&mut self, _: u8) -> Result<(), Infallible> {
-        self.0.borrow_mut().push(self.1.now());
-        Ok(())
-    }
-}
+use common::{Clock, Irq, Timer};
 
 /// The first struct and the one re-registered to.
 const OLD: u64 = 0x1000;

@@ -297,25 +297,13 @@ pub fn run(mode: Mode, w: &Workload) -> Result<ModeRun, Error> {
     run_with(mode, w, 0)
 }
 
-/// The vCPU's timers of a mode with a routing: the signal kick, one
-/// `VcpuTimer` per vCPU over the VM-wide `MsrRouting`.
 /// The VM-wide MSR routing.
 pub(crate) type Routing = MsrRouting<Arc<kvm_ioctls::VmFd>>;
 
+/// One `VcpuTimer` per vCPU, with its signal kick.
 pub(crate) type Timers = Vec<(Arc<Timer>, Arc<SignalKicker>)>;
 
-pub(crate) fn timers_for(
-    kvm: &Kvm,
-    spec: &ModeSpec,
-    w: &Workload,
-    vm: &Arc<kvm_ioctls::VmFd>,
-    mem: &Arc<GuestMemoryMmap>,
-    vcpus: &[VcpuFd],
-) -> Result<Timers, Error> {
-    Ok(routing_and_timers(kvm, spec, w, vm, mem, vcpus)?.1)
-}
-
-/// The VM's routing (None without one) and [`timers_for`].
+/// A mode's routing (None without one) and its vCPUs' timers over it.
 pub(crate) fn routing_and_timers(
     kvm: &Kvm,
     spec: &ModeSpec,
@@ -507,7 +495,7 @@ pub fn run_with(mode: Mode, w: &Workload, hostile_vcpus: u32) -> Result<ModeRun,
         pvm_native,
         params,
     } = boot(mode, w, hostile_vcpus)?;
-    let timers = timers_for(&kvm, spec, w, &vm, &mem, &vcpus)?;
+    let (_, timers) = routing_and_timers(&kvm, spec, w, &vm, &mem, &vcpus)?;
     let timer_thread = TimerThread::spawn(
         timers.iter().map(|(t, _)| t.clone()).collect(),
         Watchdog {

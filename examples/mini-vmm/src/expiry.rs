@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VmFd;
-use lazy_tscdeadline_kvm::msi_to;
+use lazy_tscdeadline_kvm::lazy_tscdeadline_host::InterruptSink;
+use lazy_tscdeadline_kvm::MsiInjector;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -98,9 +99,8 @@ fn timer_loop(
                 .load(GuestAddress(addr), Ordering::Relaxed)
                 .map_err(Error::memory("reading the guest's waiting_for"))?;
             if waiting != 0 && now > waiting.saturating_add(watchdog.bound_tsc) {
-                watchdog
-                    .vm
-                    .signal_msi(msi_to(cpu, WAKE_VECTOR))
+                MsiInjector::new(&*watchdog.vm, cpu)
+                    .inject(WAKE_VECTOR)
                     .map_err(Error::kvm("KVM_SIGNAL_MSI (watchdog wake-up)"))?;
             }
         }

@@ -109,6 +109,28 @@ fn a_racing_guest_gets_max_kick_rounds_plus_two_reads() {
     assert!(!t.is_published());
 }
 
+/// A timer with a fixed grace length of 100 over `guest`, registered, with
+/// deadline 50 trapped and the guest TSC at 5000: its next kick delivers.
+fn graced_and_due<'a>(
+    guest: &'a RacingGuest,
+    clock: &'a Clock,
+) -> TscDeadlineTimer<&'a RacingGuest, Nop, &'a Clock, Nop> {
+    let mut t = TscDeadlineTimer::new(
+        guest,
+        Nop,
+        clock,
+        Nop,
+        LvtTimer::tsc_deadline(0xec),
+        Config::new()
+            .with_lazy_advertised(true)
+            .with_grace(GracePolicy::Fixed(100)),
+    );
+    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
+    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
+    clock.0.set(5000);
+    t
+}
+
 /// With a grace policy, a guest that alternates between a due and a future
 /// deadline before every read defeats the grace period's repeated
 /// publication too: the same bound holds, and the fallback settles
@@ -121,19 +143,7 @@ fn the_bound_holds_with_grace_and_the_fallback_publishes_no_grace_period() {
         ..RacingGuest::default()
     };
     let clock = Clock::default();
-    let mut t = TscDeadlineTimer::new(
-        &guest,
-        Nop,
-        &clock,
-        Nop,
-        LvtTimer::tsc_deadline(0xec),
-        Config::new()
-            .with_lazy_advertised(true)
-            .with_grace(GracePolicy::Fixed(100)),
-    );
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
-    clock.0.set(5000);
+    let mut t = graced_and_due(&guest, &clock);
     let (reads, publishes) = (guest.reads.get(), guest.publishes.get());
     let outcome = t.kick().unwrap();
     assert_eq!(guest.reads.get() - reads, MAX_KICK_ROUNDS + 2);
@@ -163,19 +173,7 @@ fn a_guest_write_during_the_grace_publication_is_rearmed_by_the_same_rounds() {
         ..RacingGuest::default()
     };
     let clock = Clock::default();
-    let mut t = TscDeadlineTimer::new(
-        &guest,
-        Nop,
-        &clock,
-        Nop,
-        LvtTimer::tsc_deadline(0xec),
-        Config::new()
-            .with_lazy_advertised(true)
-            .with_grace(GracePolicy::Fixed(100)),
-    );
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
-    clock.0.set(5000);
+    let mut t = graced_and_due(&guest, &clock);
     let publishes = guest.publishes.get();
     assert_eq!(t.kick().unwrap(), KickOutcome::Injected);
     assert_eq!(guest.reads.get(), 5);
@@ -200,19 +198,7 @@ fn the_grace_phase_shares_the_round_budget() {
         ..RacingGuest::default()
     };
     let clock = Clock::default();
-    let mut t = TscDeadlineTimer::new(
-        &guest,
-        Nop,
-        &clock,
-        Nop,
-        LvtTimer::tsc_deadline(0xec),
-        Config::new()
-            .with_lazy_advertised(true)
-            .with_grace(GracePolicy::Fixed(100)),
-    );
-    t.write_msr(MSR_KVM_LAZY_TSCDEADLINE, 0x1001).unwrap();
-    t.write_msr(MSR_IA32_TSC_DEADLINE, 50).unwrap();
-    clock.0.set(5000);
+    let mut t = graced_and_due(&guest, &clock);
     let publishes = guest.publishes.get();
     assert_eq!(t.kick().unwrap(), KickOutcome::Injected);
     assert_eq!(guest.reads.get(), MAX_KICK_ROUNDS + 2);
